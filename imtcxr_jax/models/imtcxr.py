@@ -1,0 +1,452 @@
+"""The IMT-CXR / OFA encoder-decoder (spec §3, §4), read top-down: outputs, encoder, decoder, model, factory.
+
+Data flow:
+  images (B, H, W, 3) --ResNet trunk--> (B, h, w, 16w) --proj + type row 1 + LN--> image tokens (B, P, D)
+  src ids (B, L) --tied embedding + type row 0 + LN--> text tokens (B, L, D)
+  [image ; text] --encoder layers (bias = absolute positions + per-layer relative tables)--> (B, S, D)
+  prev ids (B, T) --tied embedding + LN--> decoder layers (causal self, cross) --> x @ E^T --> logits (B, T, V)
+
+Positions never enter the residual stream: learned position tables are layer-normed, projected by dedicated
+q/k linears and added to the attention logits as a bias shared by all layers, plus per-layer relative tables.
+No loss and no search live here; the decoder exposes a teacher-forced forward and a cached one-step forward.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from imtcxr_jax.models.config import ModelConfig
+from imtcxr_jax.models.layers import Dense, Embedding, LayerNorm, dropout, make_param, normal_init
+from imtcxr_jax.models.resnet import ResNetTrunk
+from imtcxr_jax.models.transformer import (
+    DecoderLayer,
+    EncoderLayer,
+    attention_scaling,
+    image_grid_buckets,
+    image_position_ids,
+    split_heads,
+    token_bucket_table,
+)
+
+PAD_ID = 1
+
+
+@struct.dataclass
+class EncoderOutput:
+    """What the decoder consumes (spec §3.8), batch-major."""
+
+    hidden: jax.Array  # (B, S, D) after the final encoder LayerNorm
+    padding_mask: jax.Array  # (B, S) bool, True = padded (no image / pad token)
+    position_embeddings: (
+        jax.Array
+    )  # (B, S, D) layer-normed absolute position vectors (keys of the cross bias)
+
+
+@struct.dataclass
+class DecoderCache:
+    """Everything one decoding step needs besides the parameters. Every array is batch-major (axis 0 = batch)
+    so that beam search can reorder it with `gather`; `index` is the number of positions already written."""
+
+    self_keys: tuple[jax.Array, ...]  # per layer (B, Tmax, H, hd)
+    self_values: tuple[jax.Array, ...]
+    cross_keys: tuple[jax.Array, ...]  # per layer (B, S, H, hd), projected once from the encoder output
+    cross_values: tuple[jax.Array, ...]
+    self_position_keys: jax.Array  # (B, Tmax, H, hd) projected decoder position vectors
+    cross_position_keys: jax.Array  # (B, S, H, hd) projected encoder position vectors
+    encoder_padding_mask: jax.Array  # (B, S)
+    index: jax.Array  # () int32
+
+    @property
+    def max_length(self) -> int:
+        return self.self_position_keys.shape[1]
+
+    def gather(self, batch_indices: jax.Array) -> DecoderCache:
+        """Reorder/select batch rows (e.g. surviving beams) of every per-example array."""
+        per_example = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "index"}
+        return self.replace(**jax.tree.map(lambda a: jnp.take(a, batch_indices, axis=0), per_example))
+
+
+def _layer_rates(rate: float, layers: int) -> list[float]:
+    """Per-layer drop-path rates linspace(0, rate, layers) (spec §1.4)."""
+    return [float(r) for r in np.linspace(0.0, rate, layers)]
+
+
+def _validate_tokens(name: str, tokens: jax.Array, vocab_size: int) -> None:
+    if tokens.ndim != 2:
+        raise ValueError(f"{name}: got shape {tuple(tokens.shape)}, expected (batch, length) token ids")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"{name}: got dtype {tokens.dtype}, expected integer token ids")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{name}: got token id {bad}, expected ids in [0, {vocab_size})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Encoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, dt, pdt = cfg.embed_dim, cfg.compute_dtype, cfg.parameter_dtype
+        self.cfg = cfg
+        self.embed_images = ResNetTrunk(cfg, rngs=rngs)
+        self.image_proj = Dense(
+            cfg.image_feature_dim, d, ("conv_out", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs
+        )
+        self.type_embedding = Embedding(2, d, (None, "embed"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.layernorm_embedding = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.patch_layernorm_embedding = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        rows = cfg.max_source_positions + 2
+        self.embed_positions = Embedding(
+            rows, d, ("positions", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs
+        )
+        self.embed_image_positions = Embedding(
+            cfg.image_positions, d, ("positions", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs
+        )
+        self.pos_ln = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.image_pos_ln = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.pos_q_linear = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.pos_k_linear = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        rates = _layer_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
+        self.layers = nnx.List([EncoderLayer(cfg, r, rngs=rngs) for r in rates])
+        self.layer_norm = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.token_rel_pos_tables = nnx.List(
+            [_rel_table(cfg, cfg.text_buckets, rngs) for _ in range(cfg.encoder_layers)]
+        )
+        self.image_rel_pos_tables = nnx.List(
+            [_rel_table(cfg, cfg.image_buckets, rngs) for _ in range(cfg.encoder_layers)]
+        )
+
+    def __call__(
+        self,
+        src_tokens: jax.Array,
+        images: jax.Array,
+        image_mask: jax.Array,
+        embed_tokens: Embedding,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> EncoderOutput:
+        cfg = self.cfg
+        batch, length = src_tokens.shape
+        if length > cfg.max_source_positions:
+            raise ValueError(
+                f"src_tokens: got length {length}, expected at most max_source_positions={cfg.max_source_positions}"
+            )
+
+        # Image tokens (spec §3.2): row-major grid -> proj -> + type row 1 -> patch LN -> dropout.
+        features = self.embed_images(images, train=train, rngs=rngs)
+        _, grid_h, grid_w, channels = features.shape
+        if grid_h > cfg.image_bucket_size or grid_w > cfg.image_bucket_size:
+            raise ValueError(
+                f"images: got a {grid_h}x{grid_w} patch grid, expected at most "
+                f"{cfg.image_bucket_size}x{cfg.image_bucket_size} (image side <= {16 * cfg.image_bucket_size} px)"
+            )
+        num_patches = grid_h * grid_w
+        image_x = self.image_proj(features.reshape(batch, num_patches, channels))
+        image_x = self.patch_layernorm_embedding(image_x + self.type_embedding(jnp.array(1)))
+        # Text tokens (spec §3.3): tied embedding (embed_scale 1) + type row 0 -> LN.
+        text_x = self.layernorm_embedding(embed_tokens(src_tokens) + self.type_embedding(jnp.array(0)))
+        x = jnp.concatenate([image_x, text_x], axis=1)
+        x = dropout(x, cfg.dropout, deterministic=not train, rngs=rngs)
+
+        # Padding (spec §3.4): a whole image is padded when its sample has no image; pad tokens are padded.
+        image_pad = jnp.broadcast_to(~image_mask.astype(bool)[:, None], (batch, num_patches))
+        padding_mask = jnp.concatenate([image_pad, src_tokens == PAD_ID], axis=1)
+        x = x * (1 - padding_mask[..., None].astype(x.dtype))
+
+        # Absolute positions (spec §3.5), identical for every example of the batch.
+        image_pos = self.image_pos_ln(
+            self.embed_image_positions(jnp.asarray(image_position_ids(grid_h, grid_w, cfg.image_bucket_size)))
+        )
+        text_pos = self.pos_ln(self.embed_positions(jnp.arange(length)))
+        positions = jnp.concatenate([image_pos, text_pos], axis=0)  # (S, D)
+        q = split_heads(self.pos_q_linear(positions) * attention_scaling(cfg), cfg.heads)
+        k = split_heads(self.pos_k_linear(positions), cfg.heads)
+        abs_bias = jnp.einsum("qhd,khd->hqk", q, k)[None]  # (1, H, S, S)
+
+        image_buckets = jnp.asarray(image_grid_buckets(grid_h, grid_w, cfg.image_bucket_size))
+        text_buckets = jnp.asarray(
+            token_bucket_table(cfg.token_bucket_size, cfg.max_source_positions)[:length, :length]
+        )
+        key_mask = padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        for layer, text_table, image_table in zip(
+            self.layers, self.token_rel_pos_tables, self.image_rel_pos_tables, strict=True
+        ):
+            # Relative terms only on the image x image and text x text blocks (spec §3.6).
+            rel = _block_diagonal(
+                jnp.take(image_table[...], image_buckets, axis=0),
+                jnp.take(text_table[...], text_buckets, axis=0),
+            )
+            x = layer(x, abs_bias + rel[None].astype(abs_bias.dtype), key_mask, train=train, rngs=rngs)
+        x = self.layer_norm(x)
+        return EncoderOutput(
+            hidden=x,
+            padding_mask=padding_mask,
+            position_embeddings=jnp.broadcast_to(positions[None], (batch, *positions.shape)),
+        )
+
+
+def _rel_table(cfg: ModelConfig, buckets: int, rngs: nnx.Rngs) -> nnx.Param:
+    """A per-layer relative-position table (buckets, heads)."""
+    return make_param(rngs, normal_init, (buckets, cfg.heads), ("rel_buckets", "heads"), cfg.parameter_dtype)
+
+
+def _block_diagonal(image_rel: jax.Array, text_rel: jax.Array) -> jax.Array:
+    """(P, P, H) and (L, L, H) relative terms -> (H, P + L, P + L) with zeros in the cross-modal blocks."""
+    p, l_ = image_rel.shape[0], text_rel.shape[0]
+    top = jnp.concatenate([image_rel, jnp.zeros((p, l_, image_rel.shape[-1]), image_rel.dtype)], axis=1)
+    bottom = jnp.concatenate([jnp.zeros((l_, p, text_rel.shape[-1]), text_rel.dtype), text_rel], axis=1)
+    return jnp.transpose(jnp.concatenate([top, bottom], axis=0), (2, 0, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoder
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, dt, pdt = cfg.embed_dim, cfg.compute_dtype, cfg.parameter_dtype
+        self.cfg = cfg
+        self.layernorm_embedding = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        rows = cfg.max_target_positions + 2
+        self.embed_positions = Embedding(
+            rows, d, ("positions", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs
+        )
+        self.pos_ln = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.self_pos_q_linear = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.self_pos_k_linear = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.cross_pos_q_linear = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.cross_pos_k_linear = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        rates = _layer_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
+        self.layers = nnx.List([DecoderLayer(cfg, r, rngs=rngs) for r in rates])
+        self.layer_norm = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.token_rel_pos_tables = nnx.List(
+            [_rel_table(cfg, cfg.text_buckets, rngs) for _ in range(cfg.decoder_layers)]
+        )
+        # The image-code path (spec §4.6) is never used for chest X-rays, but its tensors are part of every
+        # OFA checkpoint; they are kept so that import -> export is lossless.
+        self.embed_image_positions = Embedding(
+            cfg.image_positions, d, ("positions", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs
+        )
+        self.image_pos_ln = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.code_layernorm_embedding = LayerNorm(d, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.image_rel_pos_tables = nnx.List(
+            [_rel_table(cfg, cfg.image_buckets, rngs) for _ in range(cfg.decoder_layers)]
+        )
+
+    def _embed(
+        self, tokens: jax.Array, positions: jax.Array, embed_tokens: Embedding, train: bool, rngs
+    ) -> jax.Array:
+        x = embed_tokens(tokens)
+        if not self.cfg.disable_entangle:  # spec §4.1 quirk: raw (not layer-normed) position rows
+            x = x + self.embed_positions(positions)
+        x = self.layernorm_embedding(x)
+        return dropout(x, self.cfg.dropout, deterministic=not train, rngs=rngs)
+
+    def _position_queries(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Scaled self and cross position queries (T, H, hd) for decoder positions `positions`."""
+        pos = self.pos_ln(self.embed_positions(positions))
+        scale, heads = attention_scaling(self.cfg), self.cfg.heads
+        return (
+            split_heads(self.self_pos_q_linear(pos) * scale, heads),
+            split_heads(self.cross_pos_q_linear(pos) * scale, heads),
+        )
+
+    def _self_position_keys(self, length: int) -> jax.Array:
+        positions = self.pos_ln(self.embed_positions(jnp.arange(length)))
+        return split_heads(self.self_pos_k_linear(positions), self.cfg.heads)
+
+    def _cross_position_keys(self, enc: EncoderOutput) -> jax.Array:
+        return split_heads(self.cross_pos_k_linear(enc.position_embeddings), self.cfg.heads)  # (B, S, H, hd)
+
+    def _relative_bias(self, table: nnx.Param, query_positions: jax.Array, key_length: int) -> jax.Array:
+        buckets = jnp.asarray(token_bucket_table(self.cfg.token_bucket_size, self.cfg.max_target_positions))
+        rows = jnp.take(buckets, query_positions, axis=0)[:, :key_length]  # (Tq, Tk)
+        return jnp.transpose(jnp.take(table[...], rows, axis=0), (2, 0, 1))  # (H, Tq, Tk)
+
+    def _check_length(self, length: int) -> None:
+        if length > self.cfg.max_target_positions:
+            raise ValueError(
+                f"decoder length: got {length}, expected at most max_target_positions={self.cfg.max_target_positions}"
+            )
+
+    def __call__(
+        self,
+        prev_tokens: jax.Array,
+        enc: EncoderOutput,
+        embed_tokens: Embedding,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """Teacher-forced forward: prev_tokens (B, T) starting with BOS -> final hidden states (B, T, D)."""
+        length = prev_tokens.shape[1]
+        self._check_length(length)
+        positions = jnp.arange(length)
+        x = self._embed(prev_tokens, positions, embed_tokens, train, rngs)
+        self_q, cross_q = self._position_queries(positions)
+        self_abs = jnp.einsum("qhd,khd->hqk", self_q, self._self_position_keys(length))[None]
+        cross_bias = jnp.einsum("qhd,bkhd->bhqk", cross_q, self._cross_position_keys(enc))
+        causal = jnp.arange(length)[None, :] > jnp.arange(length)[:, None]
+        self_mask = causal[None, None] | (prev_tokens == PAD_ID)[:, None, None, :]
+        cross_mask = enc.padding_mask[:, None, None, :]
+        for layer, table in zip(self.layers, self.token_rel_pos_tables, strict=True):
+            self_bias = self_abs + self._relative_bias(table, positions, length)[None].astype(self_abs.dtype)
+            cross_kv = layer.encoder_attn.project_key_value(enc.hidden)
+            x, _ = layer(
+                x, self_kv=None, self_bias=self_bias, self_mask=self_mask, cross_kv=cross_kv,
+                cross_bias=cross_bias, cross_mask=cross_mask, train=train, rngs=rngs,
+            )  # fmt: skip
+        return self.layer_norm(x)
+
+    def init_cache(self, enc: EncoderOutput, max_length: int) -> DecoderCache:
+        """Project the encoder output once for every layer and allocate empty self-attention caches."""
+        self._check_length(max_length)
+        batch = enc.hidden.shape[0]
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        empty = jnp.zeros((batch, max_length, cfg.heads, cfg.head_dim), dt)
+        cross = [layer.encoder_attn.project_key_value(enc.hidden) for layer in self.layers]
+        self_pos_k = self._self_position_keys(max_length)
+        return DecoderCache(
+            self_keys=tuple(empty for _ in self.layers),
+            self_values=tuple(empty for _ in self.layers),
+            cross_keys=tuple(k for k, _ in cross),
+            cross_values=tuple(v for _, v in cross),
+            self_position_keys=jnp.broadcast_to(self_pos_k[None], (batch, *self_pos_k.shape)),
+            cross_position_keys=self._cross_position_keys(enc),
+            encoder_padding_mask=enc.padding_mask,
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    def step(
+        self, tokens: jax.Array, cache: DecoderCache, embed_tokens: Embedding
+    ) -> tuple[jax.Array, DecoderCache]:
+        """Cached forward of the next tokens (B, t) at positions index..index+t-1 -> hidden (B, t, D), cache.
+        Equivalent to the teacher-forced forward read at those positions (spec §4.5)."""
+        length = tokens.shape[1]
+        positions = cache.index + jnp.arange(length)
+        max_length = cache.max_length
+        x = self._embed(tokens, positions, embed_tokens, False, None)
+        self_q, cross_q = self._position_queries(positions)
+        self_abs = jnp.einsum("qhd,bkhd->bhqk", self_q, cache.self_position_keys)
+        cross_bias = jnp.einsum("qhd,bkhd->bhqk", cross_q, cache.cross_position_keys)
+        self_mask = (jnp.arange(max_length)[None, :] > positions[:, None])[None, None]
+        cross_mask = cache.encoder_padding_mask[:, None, None, :]
+        new_keys, new_values = [], []
+        for i, (layer, table) in enumerate(zip(self.layers, self.token_rel_pos_tables, strict=True)):
+            self_bias = self_abs + self._relative_bias(table, positions, max_length)[None].astype(
+                self_abs.dtype
+            )
+            x, (k, v) = layer(
+                x, self_kv=(cache.self_keys[i], cache.self_values[i]), self_bias=self_bias, self_mask=self_mask,
+                cross_kv=(cache.cross_keys[i], cache.cross_values[i]), cross_bias=cross_bias,
+                cross_mask=cross_mask, cache_index=cache.index, train=False, rngs=None,
+            )  # fmt: skip
+            new_keys.append(k)
+            new_values.append(v)
+        cache = cache.replace(
+            self_keys=tuple(new_keys), self_values=tuple(new_values), index=cache.index + length
+        )
+        return self.layer_norm(x), cache
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------
+
+
+class IMTCXR(nnx.Module):
+    """Instruction + image -> answer tokens. One tied (V, D) embedding serves encoder input, decoder input and
+    the output projection (spec §4.4)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embedding(
+            cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), dtype=cfg.compute_dtype,
+            param_dtype=cfg.parameter_dtype, rngs=rngs,
+        )  # fmt: skip
+        self.encoder = Encoder(cfg, rngs=rngs)
+        self.decoder = Decoder(cfg, rngs=rngs)
+
+    def encode(
+        self,
+        src_tokens: jax.Array,
+        images: jax.Array,
+        image_mask: jax.Array | None = None,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> EncoderOutput:
+        """src_tokens (B, L) int, right-padded with PAD; images (B, H, W, 3) normalised to [-1, 1];
+        image_mask (B,) bool, False = the sample has no image (default: all present)."""
+        _validate_tokens("src_tokens", src_tokens, self.cfg.vocab_size)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images: got shape {tuple(images.shape)}, expected (batch, height, width, 3)")
+        if images.shape[0] != src_tokens.shape[0]:
+            raise ValueError(
+                f"images: got batch {images.shape[0]}, expected the batch of src_tokens ({src_tokens.shape[0]})"
+            )
+        if image_mask is None:
+            image_mask = jnp.ones((images.shape[0],), bool)
+        elif image_mask.shape != (images.shape[0],):
+            raise ValueError(
+                f"image_mask: got shape {tuple(image_mask.shape)}, expected ({images.shape[0]},)"
+            )
+        return self.encoder(src_tokens, images, image_mask, self.embed_tokens, train=train, rngs=rngs)
+
+    def decode(
+        self, prev_tokens: jax.Array, enc: EncoderOutput, *, train: bool = False, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """Teacher-forced logits (B, T, V) in float32 for prev_tokens (B, T) = [BOS] + target."""
+        _validate_tokens("prev_tokens", prev_tokens, self.cfg.vocab_size)
+        hidden = self.decoder(prev_tokens, enc, self.embed_tokens, train=train, rngs=rngs)
+        return self.embed_tokens.attend(hidden).astype(jnp.float32)
+
+    def __call__(
+        self,
+        src_tokens: jax.Array,
+        images: jax.Array,
+        prev_tokens: jax.Array,
+        image_mask: jax.Array | None = None,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        enc = self.encode(src_tokens, images, image_mask, train=train, rngs=rngs)
+        return self.decode(prev_tokens, enc, train=train, rngs=rngs)
+
+    def init_cache(self, enc: EncoderOutput, max_length: int) -> DecoderCache:
+        return self.decoder.init_cache(enc, max_length)
+
+    def decode_step(self, tokens: jax.Array, cache: DecoderCache) -> tuple[jax.Array, DecoderCache]:
+        """Logits (B, t, V) float32 of the next `t` tokens given the cache (inference only)."""
+        hidden, cache = self.decoder.step(tokens, cache, self.embed_tokens)
+        return self.embed_tokens.attend(hidden).astype(jnp.float32), cache
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Factory
+# ---------------------------------------------------------------------------------------------------------
+
+
+def create_model(cfg: ModelConfig, seed: int = 0) -> IMTCXR:
+    """A randomly initialised model (N(0, 0.02) weights, as the original's BERT-style init)."""
+    return IMTCXR(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def abstract_model(cfg: ModelConfig) -> IMTCXR:
+    """The model with ShapeDtypeStructs instead of arrays: shapes and logical axes, nothing allocated."""
+    return nnx.eval_shape(lambda: IMTCXR(cfg, rngs=nnx.Rngs(0)))
+
+
+def count_parameters(model: IMTCXR) -> int:
+    """Unique trainable parameters (the tied embedding once; BatchNorm statistics are not parameters)."""
+    return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))

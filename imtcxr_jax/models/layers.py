@@ -1,0 +1,136 @@
+"""Small building blocks with PyTorch-compatible numerics and logical axis names on every parameter.
+
+Why our own instead of `nnx.Linear` / `nnx.LayerNorm`: the original's conventions differ from Flax's
+defaults in ways that are easy to get wrong (LayerNorm eps 1e-5 with a two-pass variance, exact GELU,
+explicit symmetric conv padding, torch BatchNorm momentum), and every parameter must carry the logical axis
+names that `imtcxr_jax.sharding` maps to mesh axes. Parameters are created unsharded (`eager_sharding=False`):
+sharded creation happens by jitting the constructor with `out_shardings` computed from those names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+
+# Default initialisers (spec §3.6: the original re-initialises everything with a BERT-style N(0, 0.02)).
+normal_init: Initializer = nnx.initializers.normal(0.02)
+zeros_init: Initializer = nnx.initializers.zeros
+ones_init: Initializer = nnx.initializers.ones
+
+
+def make_param(
+    rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], axes: Sequence[str | None], dtype: jnp.dtype
+) -> nnx.Param:
+    """A parameter whose metadata names its logical axes (one per dimension)."""
+    if len(axes) != len(shape):
+        raise ValueError(f"make_param: axes {tuple(axes)} do not match shape {tuple(shape)}")
+    return nnx.Param(
+        init(rngs.params(), tuple(shape), dtype), sharding_names=tuple(axes), eager_sharding=False
+    )
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel + bias, kernel (in, out) = transpose of the torch Linear weight."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        axes: tuple[str | None, str | None],
+        *,
+        use_bias: bool = True,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.kernel = make_param(rngs, normal_init, (in_features, out_features), axes, param_dtype)
+        self.bias = make_param(rngs, zeros_init, (out_features,), axes[1:], param_dtype) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """torch/fairseq LayerNorm: biased two-pass variance, eps 1e-5, statistics in float32 (spec §6)."""
+
+    def __init__(
+        self,
+        features: int,
+        axis_name: str | None = "norm",
+        *,
+        eps: float = 1e-5,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.scale = make_param(rngs, ones_init, (features,), (axis_name,), param_dtype)
+        self.bias = make_param(rngs, zeros_init, (features,), (axis_name,), param_dtype)
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Embedding(nnx.Module):
+    """A (rows, features) lookup table; `attend` multiplies by its transpose (the tied output projection)."""
+
+    def __init__(
+        self,
+        rows: int,
+        features: int,
+        axes: tuple[str | None, str | None],
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.embedding = make_param(rngs, normal_init, (rows, features), axes, param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU evaluated in float32, as fairseq does (Flax's default is the tanh approximation)."""
+    return jax.nn.gelu(x.astype(jnp.float32), approximate=False).astype(x.dtype)
+
+
+def dropout(x: jax.Array, rate: float, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    """Inverted dropout; a no-op when deterministic or rate == 0."""
+    if deterministic or rate == 0.0:
+        return x
+    if rngs is None:
+        raise ValueError("dropout: rngs is None, expected an nnx.Rngs with a 'dropout' stream when training")
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def drop_path(x: jax.Array, rate: float, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    """Stochastic depth: drops the whole residual branch per example (batch axis 0), rescaling the rest."""
+    if deterministic or rate == 0.0:
+        return x
+    if rngs is None:
+        raise ValueError(
+            "drop_path: rngs is None, expected an nnx.Rngs with a 'dropout' stream when training"
+        )
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))

@@ -1,0 +1,245 @@
+"""Transformer pieces of OFA: position buckets, biased attention, and the pre-norm NormFormer layers.
+
+Conventions (spec §5, §6): batch-major tensors (B, T, D); heads split channel c -> (c // hd, c % hd);
+queries scaled by s = (attn_scale_factor * hd)^-1/2 after the bias; the additive attention bias (absolute +
+relative positions) is added unscaled; masked logits are -inf; softmax in float32; a learned per-head scale
+`c_attn` multiplies each head's output before out_proj.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from imtcxr_jax.models.config import ModelConfig
+from imtcxr_jax.models.layers import Dense, LayerNorm, drop_path, dropout, gelu, make_param, ones_init
+
+# ---------------------------------------------------------------------------------------------------------
+# Position buckets (spec §3.6). Computed once in numpy (float32, as the original) and used as constants.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def token_bucket_table(bucket_size: int, max_position: int) -> np.ndarray:
+    """(max_position, max_position) int32: relative-position bucket of query i and key j for text tokens.
+
+    |i - j| <= mid (= bucket_size // 2) gets its own bucket; larger distances share log-spaced buckets.
+    """
+    rel = np.arange(max_position)[:, None] - np.arange(max_position)[None, :]
+    mid = bucket_size // 2
+    abs_rel = np.where(np.abs(rel) < mid, mid - 1, np.abs(rel)).astype(np.float32)
+    log_ratio = np.log(abs_rel / np.float32(mid)) / np.float32(math.log((max_position - 1) / mid))
+    log_pos = (np.ceil(log_ratio * np.float32(mid - 1)) + mid).astype(np.int64)
+    bucket = np.where(np.abs(rel) <= mid, rel, log_pos * np.sign(rel))
+    return (bucket + bucket_size - 1).astype(np.int32)
+
+
+def image_grid_buckets(height: int, width: int, bucket_size: int) -> np.ndarray:
+    """(h*w, h*w) int32: relative bucket (dr + bs - 1) * (2bs - 1) + (dc + bs - 1) of row-major patches."""
+    rows, cols = np.divmod(np.arange(height * width), width)
+    d_row = rows[:, None] - rows[None, :] + bucket_size - 1
+    d_col = cols[:, None] - cols[None, :] + bucket_size - 1
+    return (d_row * (2 * bucket_size - 1) + d_col).astype(np.int32)
+
+
+def image_position_ids(height: int, width: int, bucket_size: int) -> np.ndarray:
+    """(h*w,) int32 rows of the image position table: r * bucket_size + c + 1 (row 0 is for a cls token)."""
+    rows, cols = np.divmod(np.arange(height * width), width)
+    return (rows * bucket_size + cols + 1).astype(np.int32)
+
+
+def image_bucket_table(bucket_size: int) -> np.ndarray:
+    """The original's full (Gi, Gi) `image_rp_bucket` buffer, indexed by position id, with the cls specials."""
+    n = (2 * bucket_size - 1) ** 2
+    table = np.zeros((bucket_size**2 + 1, bucket_size**2 + 1), np.int64)
+    table[1:, 1:] = image_grid_buckets(bucket_size, bucket_size, bucket_size)
+    table[0, :] = n
+    table[:, 0] = n + 1
+    table[0, 0] = n + 2
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------------
+
+
+def split_heads(x: jax.Array, heads: int) -> jax.Array:
+    """(..., D) -> (..., H, D / H), channel c belonging to head c // hd (head-major, as the original)."""
+    return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
+
+
+def attention_scaling(cfg: ModelConfig) -> float:
+    """s = (hd * attn_scale_factor)^-1/2, used for content and position queries alike (spec §5)."""
+    return (cfg.head_dim * cfg.attn_scale_factor) ** -0.5
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    mask: jax.Array,
+    *,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+) -> jax.Array:
+    """q (B, Tq, H, hd) already scaled, k/v (B, Tk, H, hd), bias (B|1, H, Tq, Tk) float, mask broadcastable to
+    (B, H, Tq, Tk) with True = may not attend. Returns (B, Tq, H, hd)."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias.astype(jnp.float32)
+    logits = jnp.where(mask, -jnp.inf, logits)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = dropout(probs, dropout_rate, deterministic=deterministic, rngs=rngs)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with an external additive bias and the NormFormer per-head scale `c_attn`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, dt, pdt = cfg.embed_dim, cfg.compute_dtype, cfg.parameter_dtype
+        self.q_proj = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.k_proj = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.v_proj = Dense(d, d, ("embed", "heads"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.out_proj = Dense(d, d, ("heads", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.c_attn = make_param(rngs, ones_init, (cfg.heads,), ("heads",), pdt)
+        self.heads = cfg.heads
+        self.scaling = attention_scaling(cfg)
+        self.attention_dropout = cfg.attention_dropout
+
+    def project_query(self, x: jax.Array) -> jax.Array:
+        return split_heads(self.q_proj(x) * self.scaling, self.heads)
+
+    def project_key_value(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return split_heads(self.k_proj(x), self.heads), split_heads(self.v_proj(x), self.heads)
+
+    def attend(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        bias: jax.Array,
+        mask: jax.Array,
+        *,
+        train: bool,
+        rngs: nnx.Rngs | None,
+    ) -> jax.Array:
+        """Attention over projected q/k/v, then the per-head scale and out_proj. Returns (B, Tq, D)."""
+        o = dot_product_attention(
+            q, k, v, bias, mask, dropout_rate=self.attention_dropout, deterministic=not train, rngs=rngs
+        )
+        o = o * self.c_attn[...].astype(o.dtype)[:, None]
+        return self.out_proj(o.reshape(*o.shape[:-2], -1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layers (spec §3.7, §4.4)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class FeedForward(nnx.Module):
+    """fc1 -> exact GELU -> (activation dropout) -> ffn_layernorm (NormFormer) -> fc2."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, dt, pdt = cfg.embed_dim, cfg.ffn_dim, cfg.compute_dtype, cfg.parameter_dtype
+        self.fc1 = Dense(d, f, ("embed", "mlp"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.ffn_layernorm = LayerNorm(f, "mlp", dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.fc2 = Dense(f, d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.activation_dropout = cfg.activation_dropout
+
+    def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+        y = gelu(self.fc1(x))
+        y = dropout(y, self.activation_dropout, deterministic=not train, rngs=rngs)
+        return self.fc2(self.ffn_layernorm(y))
+
+
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> LayerNorm:
+    return LayerNorm(cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype, rngs=rngs)
+
+
+def _close_branch(
+    layer: EncoderLayer | DecoderLayer, y: jax.Array, train: bool, rngs: nnx.Rngs | None
+) -> jax.Array:
+    """Dropout then drop-path on a residual branch's output, before it is added back."""
+    y = dropout(y, layer.dropout, deterministic=not train, rngs=rngs)
+    return drop_path(y, layer.drop_path_rate, deterministic=not train, rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+    """Pre-norm self-attention + FFN, each branch closed by a NormFormer LayerNorm, dropout and drop-path."""
+
+    def __init__(self, cfg: ModelConfig, drop_path_rate: float, *, rngs: nnx.Rngs):
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.self_attn_layer_norm = _norm(cfg, rngs)
+        self.attn_ln = _norm(cfg, rngs)
+        self.final_layer_norm = _norm(cfg, rngs)
+        self.ffn = FeedForward(cfg, rngs=rngs)
+        self.dropout, self.drop_path_rate = cfg.dropout, drop_path_rate
+
+    def __call__(
+        self, x: jax.Array, bias: jax.Array, mask: jax.Array, *, train: bool, rngs: nnx.Rngs | None
+    ) -> jax.Array:
+        y = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.project_key_value(y)
+        y = self.self_attn.attend(self.self_attn.project_query(y), k, v, bias, mask, train=train, rngs=rngs)
+        x = x + _close_branch(self, self.attn_ln(y), train, rngs)
+        y = self.ffn(self.final_layer_norm(x), train=train, rngs=rngs)
+        return x + _close_branch(self, y, train, rngs)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm causal self-attention, cross-attention to the encoder, and FFN (NormFormer extras on each)."""
+
+    def __init__(self, cfg: ModelConfig, drop_path_rate: float, *, rngs: nnx.Rngs):
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.self_attn_layer_norm = _norm(cfg, rngs)
+        self.self_attn_ln = _norm(cfg, rngs)
+        self.encoder_attn = Attention(cfg, rngs=rngs)
+        self.encoder_attn_layer_norm = _norm(cfg, rngs)
+        self.cross_attn_ln = _norm(cfg, rngs)
+        self.final_layer_norm = _norm(cfg, rngs)
+        self.ffn = FeedForward(cfg, rngs=rngs)
+        self.dropout, self.drop_path_rate = cfg.dropout, drop_path_rate
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        self_kv: tuple[jax.Array, jax.Array] | None,
+        self_bias: jax.Array,
+        self_mask: jax.Array,
+        cross_kv: tuple[jax.Array, jax.Array],
+        cross_bias: jax.Array,
+        cross_mask: jax.Array,
+        cache_index: jax.Array | None = None,
+        train: bool,
+        rngs: nnx.Rngs | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """x (B, T, D). Without a cache (`self_kv` None) keys/values come from x itself (teacher forcing).
+        With one, this step's keys/values are written into `self_kv` (B, Tmax, H, hd) at `cache_index` and
+        the queries attend over the whole cache (the mask hides the unwritten future). Returns the new x and
+        the self-attention keys/values (the updated cache)."""
+        y = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.project_key_value(y)
+        if self_kv is not None:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(self_kv[0], k.astype(self_kv[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(self_kv[1], v.astype(self_kv[1].dtype), start)
+        y = self.self_attn.attend(
+            self.self_attn.project_query(y), k, v, self_bias, self_mask, train=train, rngs=rngs
+        )
+        x = x + _close_branch(self, self.self_attn_ln(y), train, rngs)
+
+        y = self.encoder_attn_layer_norm(x)
+        q = self.encoder_attn.project_query(y)
+        y = self.encoder_attn.attend(q, *cross_kv, cross_bias, cross_mask, train=train, rngs=rngs)
+        x = x + _close_branch(self, self.cross_attn_ln(y), train, rngs)
+
+        y = self.ffn(self.final_layer_norm(x), train=train, rngs=rngs)
+        return x + _close_branch(self, y, train, rngs), (k, v)
