@@ -173,14 +173,10 @@ def derived_buffers(cfg: ModelConfig) -> dict[str, np.ndarray]:
     image_table = image_bucket_table(cfg.image_bucket_size)
     return {
         "encoder.version": np.array([3.0], np.float32),
-        "encoder.token_rp_bucket": token_bucket_table(cfg.token_bucket_size, cfg.max_source_positions).astype(
-            np.int64
-        ),
+        "encoder.token_rp_bucket": token_bucket_table(cfg.token_bucket_size).astype(np.int64),
         "encoder.image_rp_bucket": image_table,
         "decoder.version": np.array([3.0], np.float32),
-        "decoder.token_rp_bucket": token_bucket_table(cfg.token_bucket_size, cfg.max_target_positions).astype(
-            np.int64
-        ),
+        "decoder.token_rp_bucket": token_bucket_table(cfg.token_bucket_size).astype(np.int64),
         "decoder.image_rp_bucket": image_table.copy(),
         "decoder.image_position_idx": np.concatenate([[0], code_positions, fill])[:length].astype(np.int64),
     }

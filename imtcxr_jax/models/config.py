@@ -151,7 +151,7 @@ NAMED_CONFIGS: dict[str, ModelConfig] = {
     # Tests: every module type of the real model, tiny dimensions (use with 32–64 px images).
     "micro": ModelConfig(
         32, 64, 2, 2, 2, vocab_size=1536, resnet_blocks=(1, 1, 1), resnet_width=8, max_source_positions=128,
-        max_target_positions=128, token_bucket_size=16, image_bucket_size=8,
+        max_target_positions=128, token_bucket_size=16, image_bucket_size=8, code_image_size=64,
     ),
 }  # fmt: skip
 

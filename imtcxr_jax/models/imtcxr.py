@@ -172,9 +172,7 @@ class Encoder(nnx.Module):
         abs_bias = jnp.einsum("qhd,khd->hqk", q, k)[None]  # (1, H, S, S)
 
         image_buckets = jnp.asarray(image_grid_buckets(grid_h, grid_w, cfg.image_bucket_size))
-        text_buckets = jnp.asarray(
-            token_bucket_table(cfg.token_bucket_size, cfg.max_source_positions)[:length, :length]
-        )
+        text_buckets = jnp.asarray(token_bucket_table(cfg.token_bucket_size)[:length, :length])
         key_mask = padding_mask[:, None, None, :]  # (B, 1, 1, S)
         for layer, text_table, image_table in zip(
             self.layers, self.token_rel_pos_tables, self.image_rel_pos_tables, strict=True
@@ -268,7 +266,7 @@ class Decoder(nnx.Module):
         return split_heads(self.cross_pos_k_linear(enc.position_embeddings), self.cfg.heads)  # (B, S, H, hd)
 
     def _relative_bias(self, table: nnx.Param, query_positions: jax.Array, key_length: int) -> jax.Array:
-        buckets = jnp.asarray(token_bucket_table(self.cfg.token_bucket_size, self.cfg.max_target_positions))
+        buckets = jnp.asarray(token_bucket_table(self.cfg.token_bucket_size))
         rows = jnp.take(buckets, query_positions, axis=0)[:, :key_length]  # (Tq, Tk)
         return jnp.transpose(jnp.take(table[...], rows, axis=0), (2, 0, 1))  # (H, Tq, Tk)
 

@@ -29,9 +29,7 @@ def make_param(
     """A parameter whose metadata names its logical axes (one per dimension)."""
     if len(axes) != len(shape):
         raise ValueError(f"make_param: axes {tuple(axes)} do not match shape {tuple(shape)}")
-    return nnx.Param(
-        init(rngs.params(), tuple(shape), dtype), sharding_names=tuple(axes), eager_sharding=False
-    )
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
 class Dense(nnx.Module):

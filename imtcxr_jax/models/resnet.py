@@ -58,14 +58,14 @@ class BatchNorm(nnx.Module):
         axes = ("conv_out",)
         pdt = cfg.parameter_dtype
         if self.frozen:
-            self.scale = Buffer(jnp.ones((channels,), pdt), sharding_names=axes, eager_sharding=False)
-            self.bias = Buffer(jnp.zeros((channels,), pdt), sharding_names=axes, eager_sharding=False)
+            self.scale = Buffer(jnp.ones((channels,), pdt), out_sharding=axes, eager_sharding=False)
+            self.bias = Buffer(jnp.zeros((channels,), pdt), out_sharding=axes, eager_sharding=False)
         else:
             self.scale = make_param(rngs, ones_init, (channels,), axes, pdt)
             self.bias = make_param(rngs, zeros_init, (channels,), axes, pdt)
         stat = Buffer if self.frozen else nnx.BatchStat
-        self.mean = stat(jnp.zeros((channels,), jnp.float32), sharding_names=axes, eager_sharding=False)
-        self.var = stat(jnp.ones((channels,), jnp.float32), sharding_names=axes, eager_sharding=False)
+        self.mean = stat(jnp.zeros((channels,), jnp.float32), out_sharding=axes, eager_sharding=False)
+        self.var = stat(jnp.ones((channels,), jnp.float32), out_sharding=axes, eager_sharding=False)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x32 = x.astype(jnp.float32)

@@ -24,8 +24,13 @@ from imtcxr_jax.models.layers import Dense, LayerNorm, drop_path, dropout, gelu,
 # ---------------------------------------------------------------------------------------------------------
 
 
+# The original builds its text bucket buffer with the default max_position of 1024 whatever the configured
+# maximum lengths are (spec §3.6: a (1024, 1024) buffer); the log spacing depends on it.
+TOKEN_BUCKET_MAX_POSITION = 1024
+
+
 @functools.lru_cache(maxsize=8)
-def token_bucket_table(bucket_size: int, max_position: int) -> np.ndarray:
+def token_bucket_table(bucket_size: int, max_position: int = TOKEN_BUCKET_MAX_POSITION) -> np.ndarray:
     """(max_position, max_position) int32: relative-position bucket of query i and key j for text tokens.
 
     |i - j| <= mid (= bucket_size // 2) gets its own bucket; larger distances share log-spaced buckets.

@@ -1,0 +1,162 @@
+"""Model structure, configuration errors, KV-cache equivalence, BatchNorm modes and sharded creation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from imtcxr_jax.models.cli import cli_main, model_info
+from imtcxr_jax.models.config import EXPECTED_PARAMETER_COUNTS, ModelConfig, get_model_config
+from imtcxr_jax.models.imtcxr import IMTCXR, create_model
+from imtcxr_jax.models.resnet import BatchNorm
+from imtcxr_jax.sharding import create_sharded, make_mesh
+
+
+def _batch(cfg: ModelConfig, image_size: int = 64, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    src = np.array([[0, 17, 5, 900, 33, 2], [0, 44, 2, 1, 1, 1]])  # second instruction padded
+    images = rng.standard_normal((2, image_size, image_size, 3)).astype(np.float32)
+    prev = np.concatenate([np.zeros((2, 1), int), rng.integers(4, cfg.vocab_size, (2, 7))], axis=1)
+    return jnp.asarray(src), jnp.asarray(images), jnp.asarray(prev)
+
+
+def test_named_sizes_have_the_spec_parameter_counts(capsys):
+    for size, expected in EXPECTED_PARAMETER_COUNTS.items():
+        assert model_info(size)["params"] == expected, size
+    assert cli_main(["info", "--size", "ofa_tiny"]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert '"params": 33488336' in last_line
+
+
+def test_every_parameter_names_its_logical_axes():
+    model = create_model(get_model_config("micro"))
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        names = var.get_metadata().get("out_sharding")
+        assert names is not None and len(names) == len(var.shape), path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"embed_dim": 30}, "embed_dim: got 30 with heads=4"),
+        ({"heads": 0}, "heads: got 0"),
+        ({"resnet_blocks": (3, 4)}, "resnet_blocks"),
+        ({"dtype": "float64"}, "dtype: got 'float64'"),
+        ({"dropout": 1.5}, "dropout: got 1.5"),
+        ({"resnet_norm": "group"}, "resnet_norm: got 'group'"),
+    ],
+)
+def test_inconsistent_config_is_rejected(change, message):
+    with pytest.raises(ValueError, match=message):
+        get_model_config("ofa_tiny", **change)
+
+
+def test_bad_inputs_name_the_argument():
+    cfg = get_model_config("micro")
+    model = create_model(cfg)
+    src, images, prev = _batch(cfg)
+    with pytest.raises(
+        ValueError, match=r"images: got shape \(2, 64, 64\), expected \(batch, height, width, 3\)"
+    ):
+        model(src, images[..., 0], prev)
+    with pytest.raises(ValueError, match=r"images: got shape \(2, 64, 64, 1\)"):
+        model(src, images[..., :1], prev)
+    with pytest.raises(
+        ValueError, match=rf"src_tokens: got token id {cfg.vocab_size}, expected ids in \[0, "
+    ):
+        model(src.at[0, 1].set(cfg.vocab_size), images, prev)
+    with pytest.raises(ValueError, match="prev_tokens: got token id -1"):
+        model(src, images, prev.at[1, 2].set(-1))
+    with pytest.raises(ValueError, match="patch grid"):
+        model(src, jnp.zeros((2, 16 * 9, 16 * 9, 3)), prev)  # micro's position tables cover 8x8 patches
+
+
+@pytest.mark.parametrize("size", ["micro", "ofa_tiny"])
+def test_cached_decoding_equals_teacher_forcing(size):
+    cfg = get_model_config(size)
+    model = create_model(cfg, seed=3)
+    src, images, prev = _batch(cfg, image_size=48)
+    enc = model.encode(src, images)
+    full = model.decode(prev, enc)
+    cache = model.init_cache(enc, max_length=12)
+    steps = []
+    for t in range(prev.shape[1]):
+        logits, cache = model.decode_step(prev[:, t : t + 1], cache)
+        steps.append(logits[:, 0])
+    stepped = jnp.stack(steps, axis=1)
+    scale = float(jnp.abs(full).max())
+    assert float(jnp.abs(stepped - full).max()) <= 1e-5 * scale
+    # A prefill of several tokens followed by single steps gives the same logits too.
+    cache = model.init_cache(enc, max_length=12)
+    head, cache = model.decode_step(prev[:, :5], cache)
+    tail, cache = model.decode_step(prev[:, 5:], cache)
+    assert float(jnp.abs(jnp.concatenate([head, tail], axis=1) - full).max()) <= 1e-5 * scale
+    assert int(cache.index) == prev.shape[1]
+
+
+def test_cache_gather_reorders_examples():
+    cfg = get_model_config("micro")
+    model = create_model(cfg)
+    src, images, prev = _batch(cfg)
+    cache = model.init_cache(model.encode(src, images), max_length=8)
+    _, cache = model.decode_step(prev[:, :3], cache)
+    swapped = cache.gather(jnp.array([1, 0]))
+    np.testing.assert_array_equal(swapped.self_keys[0][0], cache.self_keys[0][1])
+    np.testing.assert_array_equal(swapped.encoder_padding_mask[1], cache.encoder_padding_mask[0])
+    assert int(swapped.index) == 3
+
+
+def test_batchnorm_matches_torch_in_train_and_eval_mode():
+    cfg = get_model_config("micro")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 6, 8)).astype(np.float32) * 2 + 0.5
+    ours = BatchNorm(8, cfg=cfg, rngs=nnx.Rngs(0))
+    theirs = torch.nn.BatchNorm2d(8, eps=cfg.bn_eps)
+    weight, bias = rng.normal(1, 0.2, 8).astype(np.float32), rng.normal(0, 0.2, 8).astype(np.float32)
+    mean, var = rng.normal(0, 1, 8).astype(np.float32), rng.uniform(0.5, 2, 8).astype(np.float32)
+    ours.scale[...], ours.bias[...], ours.mean[...], ours.var[...] = weight, bias, mean, var
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(weight))
+        theirs.bias.copy_(torch.from_numpy(bias))
+        theirs.running_mean.copy_(torch.from_numpy(mean))
+        theirs.running_var.copy_(torch.from_numpy(var))
+    to_torch = torch.from_numpy(x.transpose(0, 3, 1, 2))
+    # Eval mode: running statistics, whatever the batch.
+    theirs.eval()
+    expected = theirs(to_torch).detach().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x), train=False)), expected, rtol=1e-5, atol=1e-5)
+    # Train mode: batch statistics, running statistics updated with momentum 0.1 and the unbiased variance.
+    theirs.train()
+    expected = theirs(to_torch).detach().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x), train=True)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.mean[...]), theirs.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ours.var[...]), theirs.running_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_batchnorm_has_no_trainable_parameters_and_ignores_train_mode():
+    cfg = get_model_config("micro", resnet_norm="frozen")
+    model = create_model(cfg)
+    trunk_params = nnx.to_flat_state(nnx.state(model.encoder.embed_images, nnx.Param))
+    assert trunk_params and all(path[-1] == "kernel" for path, _ in trunk_params)  # convolutions only
+    src, images, prev = _batch(cfg)
+    before = model(src, images, prev)
+    after = model(src, images, prev, train=True, rngs=nnx.Rngs(dropout=0))  # no dropout configured
+    np.testing.assert_allclose(np.asarray(before), np.asarray(after), rtol=1e-6, atol=1e-6)
+
+
+def test_sharded_creation_gives_the_same_model_and_logits():
+    cfg = get_model_config("micro")
+    mesh = make_mesh((2, 2, 2))
+    sharded, plan = create_sharded(lambda: IMTCXR(cfg, rngs=nnx.Rngs(0)), mesh)
+    reference = create_model(cfg, seed=0)
+    assert sharded.encoder.layers[0].ffn.fc1.kernel[...].sharding.spec == jax.sharding.PartitionSpec(
+        "fsdp", "tensor"
+    )
+    assert sharded.embed_tokens.embedding[...].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert plan.replicated_instead == []
+    src, images, prev = _batch(cfg)
+    np.testing.assert_allclose(
+        np.asarray(sharded(src, images, prev)), np.asarray(reference(src, images, prev)), rtol=1e-5, atol=1e-6
+    )
