@@ -1,0 +1,169 @@
+"""Pure training functions: the token loss, the train state, and one optimizer step.
+
+A batch is a dict of arrays (global batch B, instruction length L, target length T):
+  src (B, L) int32 right-padded instruction ids · images (B, H, W, 3) float32 · prev (B, T) int32 = [BOS] +
+  target · target (B, T) int32 = target + [EOS], PAD elsewhere · task (B,) int32 task family index.
+The step is a pure function of (state, batch); the loop jits it with explicit shardings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from imtcxr_jax.models.imtcxr import PAD_ID
+
+TASK_FAMILIES = ("classification", "localization", "segmentation", "report")
+
+
+def token_losses(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-token loss (B, T), zero on padding (spec §13): (1 - ε - ε_i)·NLL + ε_i·(-Σ_v log p_v), ε_i = ε/(V-1);
+    plain NLL when ε = 0. Log-probabilities in float32."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    if label_smoothing > 0.0:
+        eps_i = label_smoothing / (logits.shape[-1] - 1)
+        smooth = -jnp.sum(log_probs, axis=-1)
+        nll = (1.0 - label_smoothing - eps_i) * nll + eps_i * smooth
+    return jnp.where(targets != PAD_ID, nll, 0.0)
+
+
+@struct.dataclass
+class LossScale:
+    """Dynamic loss scaling for float16: the scale halves on overflow and doubles after `period` good steps."""
+
+    scale: jax.Array  # () float32
+    good_steps: jax.Array  # () int32
+    period: int = struct.field(pytree_node=False, default=2000)
+
+    @classmethod
+    def create(cls, initial: float = 2.0**15, period: int = 2000) -> LossScale:
+        return cls(jnp.asarray(initial, jnp.float32), jnp.zeros((), jnp.int32), period)
+
+    def update(self, finite: jax.Array) -> LossScale:
+        grow = finite & (self.good_steps + 1 >= self.period)
+        scale = jnp.where(
+            finite, jnp.where(grow, self.scale * 2.0, self.scale), jnp.maximum(self.scale / 2.0, 1.0)
+        )
+        good = jnp.where(finite & ~grow, self.good_steps + 1, 0)
+        return self.replace(scale=scale, good_steps=good)
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # () int32, optimizer updates applied or skipped so far
+    params: nnx.State  # trainable parameters (float32 master copy)
+    model_state: nnx.State  # everything else: BatchNorm running statistics, frozen buffers
+    opt_state: Any
+    rng: jax.Array  # dropout / drop-path key, split every step
+    skipped_steps: jax.Array  # () int32, steps whose update was skipped (non-finite loss or gradients)
+    loss_scale: LossScale | None = None  # float16 only
+
+
+def create_train_state(
+    model: nnx.Module, optimizer: optax.GradientTransformation, seed: int, *, float16: bool = False
+) -> tuple[nnx.GraphDef, TrainState]:
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)),
+        skipped_steps=jnp.zeros((), jnp.int32),
+        loss_scale=LossScale.create() if float16 else None,
+    )
+    return graphdef, state
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    accumulation_steps: int = 1,
+    label_smoothing: float = 0.0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update from `accumulation_steps` micro-batches of `batch`. The loss is the token-mean over
+    all target tokens of the whole batch (fairseq's sample_size = ntokens). A non-finite loss or gradient
+    leaves parameters, optimizer state and statistics untouched and is counted in `skipped_steps`."""
+    rng, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1.0)
+    batch_size = batch["src"].shape[0]
+    if batch_size % accumulation_steps:
+        raise ValueError(
+            f"batch size {batch_size} is not divisible by accumulation_steps={accumulation_steps}"
+        )
+    micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch)
+    keys = jax.random.split(step_key, accumulation_steps)
+
+    def loss_fn(params, model_state, mb, key):
+        # copy=True: fresh Variables at this trace level (the inputs belong to the enclosing scan/grad traces).
+        model = nnx.merge(graphdef, params, model_state, copy=True)
+        logits = model(mb["src"], mb["images"], mb["prev"], train=True, rngs=nnx.Rngs(dropout=key))
+        losses = token_losses(logits, mb["target"], label_smoothing)
+        per_example = jnp.sum(losses, axis=1)
+        _, _, new_model_state = nnx.split(model, nnx.Param, ...)
+        return jnp.sum(per_example) * scale, (per_example, new_model_state)
+
+    def accumulate(carry, inputs):
+        grads_sum, model_state = carry
+        mb, key = inputs
+        grads, (per_example, model_state) = jax.grad(loss_fn, has_aux=True)(
+            state.params, model_state, mb, key
+        )
+        return (jax.tree.map(jnp.add, grads_sum, grads), model_state), per_example
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, model_state), per_example = jax.lax.scan(accumulate, (zeros, state.model_state), (micro, keys))
+    per_example = per_example.reshape(batch_size)
+    tokens = jnp.sum(batch["target"] != PAD_ID)
+    grads = jax.tree.map(lambda g: g / (scale * jnp.maximum(tokens, 1)), grads)
+    loss = jnp.sum(per_example) / jnp.maximum(tokens, 1)
+
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        model_state=keep(model_state, state.model_state),
+        opt_state=keep(opt_state, state.opt_state),
+        rng=jax.random.key_data(rng),
+        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+        loss_scale=state.loss_scale.update(finite) if state.loss_scale is not None else None,
+    )
+    # Per-task-family token losses, for logging.
+    task_onehot = jax.nn.one_hot(batch["task"], len(TASK_FAMILIES))
+    task_tokens = jnp.sum(task_onehot * jnp.sum(batch["target"] != PAD_ID, axis=1)[:, None], axis=0)
+    task_loss = jnp.sum(task_onehot * per_example[:, None], axis=0) / jnp.maximum(task_tokens, 1)
+    metrics = {
+        "loss": loss,
+        "tokens": tokens,
+        "finite": finite,
+        "grad_norm": optax.global_norm(grads),
+        "task_loss": task_loss,
+        "task_tokens": task_tokens,
+    }
+    if state.loss_scale is not None:
+        metrics["loss_scale"] = state.loss_scale.scale
+    return new_state, metrics
+
+
+def eval_loss(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+    """Token-mean loss of a batch in inference mode (no dropout, BatchNorm running statistics)."""
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    logits = model(batch["src"], batch["images"], batch["prev"])
+    losses = token_losses(logits, batch["target"])
+    return jnp.sum(losses) / jnp.maximum(jnp.sum(batch["target"] != PAD_ID), 1)
