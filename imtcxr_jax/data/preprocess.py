@@ -35,3 +35,8 @@ def to_model_input(image: np.ndarray, size: int, name: str = "image") -> np.ndar
     rgb = to_rgb_uint8(image, name)
     resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC), np.float32)
     return (resized / 255.0 - 0.5) / 0.5
+
+
+def normalize_pixels(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) pixels -> float32 in [-1, 1]: (x / 255 - 0.5) / 0.5, the normalisation of spec §11."""
+    return (np.asarray(rgb, np.float32) / 255.0 - 0.5) / 0.5

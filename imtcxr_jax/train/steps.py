@@ -41,7 +41,7 @@ class LossScale:
     period: int = struct.field(pytree_node=False, default=2000)
 
     @classmethod
-    def create(cls, initial: float = 2.0**15, period: int = 2000) -> LossScale:
+    def create(cls, initial: float = 2.0**7, period: int = 2000) -> LossScale:  # fairseq fp16-init-scale 128
         return cls(jnp.asarray(initial, jnp.float32), jnp.zeros((), jnp.int32), period)
 
     def update(self, finite: jax.Array) -> LossScale:
@@ -152,7 +152,7 @@ def train_step(
         "loss": loss,
         "tokens": tokens,
         "finite": finite,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "task_loss": task_loss,
         "task_tokens": task_tokens,
     }

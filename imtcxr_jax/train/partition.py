@@ -1,0 +1,107 @@
+"""Placing the train state and batches on a mesh: shardings for every leaf, and the jitted sharded step.
+
+Parameters follow the logical axis rules of `imtcxr_jax.sharding`; the Adam moments follow their parameters;
+everything else in the state (step, RNG, counters, loss scale, optimizer step counts) is replicated. Batches
+are split over the data-parallel axes (data x fsdp) along their first dimension.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from imtcxr_jax.models.config import ModelConfig
+from imtcxr_jax.models.imtcxr import IMTCXR
+from imtcxr_jax.sharding import DEFAULT_RULES, create_sharded, plan_shardings
+from imtcxr_jax.train.steps import TrainState, create_train_state, train_step
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def state_shardings(
+    state: TrainState, model_shardings: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """A TrainState-shaped tree of NamedShardings."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_shardings = nnx.filter_state(model_shardings, nnx.Param)
+    other_shardings = nnx.filter_state(model_shardings, nnx.Not(nnx.Param))
+    opt_shardings = optax.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        state.opt_state,
+        param_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    return TrainState(
+        step=replicated,
+        params=param_shardings,
+        model_state=other_shardings,
+        opt_state=opt_shardings,
+        rng=replicated,
+        skipped_steps=replicated,
+        loss_scale=jax.tree.map(lambda _: replicated, state.loss_scale),
+    )
+
+
+def init_sharded_state(
+    cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh, seed: int, rules=DEFAULT_RULES
+) -> tuple[nnx.GraphDef, TrainState, TrainState, list[str]]:
+    """Build the model on its shards and the train state around it. Returns (graphdef, state, state shardings,
+    dimensions the rules could not shard)."""
+    model, plan = create_sharded(lambda: IMTCXR(cfg, rngs=nnx.Rngs(seed)), mesh, rules)
+    graphdef, state = create_train_state(model, optimizer, seed, float16=cfg.dtype == "float16")
+    shardings = state_shardings(state, plan.shardings, optimizer, mesh)
+    return graphdef, jax.device_put(state, shardings), shardings, plan.replicated_instead
+
+
+def abstract_sharded_state(
+    cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh, seed: int = 0, rules=DEFAULT_RULES
+) -> tuple[TrainState, TrainState]:
+    """ShapeDtypeStructs and shardings of the full train state, nothing allocated (for memory estimates and
+    restoring checkpoints onto another mesh)."""
+    abstract = nnx.eval_shape(lambda: IMTCXR(cfg, rngs=nnx.Rngs(seed)))
+    plan = plan_shardings(abstract, mesh, rules)
+    state = jax.eval_shape(
+        lambda: create_train_state(
+            IMTCXR(cfg, rngs=nnx.Rngs(seed)), optimizer, seed, float16=cfg.dtype == "float16"
+        )[1]
+    )
+    shardings = state_shardings(state, plan.shardings, optimizer, mesh)
+    with_shardings = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
+    )
+    return with_shardings, shardings
+
+
+def jit_train_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    shardings: TrainState,
+    mesh: Mesh,
+    *,
+    accumulation_steps: int = 1,
+    label_smoothing: float = 0.0,
+) -> Any:
+    """train_step jitted with explicit in/out shardings; the old state's buffers are donated."""
+    step = functools.partial(
+        train_step,
+        graphdef=graphdef,
+        optimizer=optimizer,
+        accumulation_steps=accumulation_steps,
+        label_smoothing=label_smoothing,
+    )
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
+    )

@@ -1,0 +1,125 @@
+"""The train step: loss against a brute-force reference, sharded steps equal to one device, loss scaling."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from imtcxr_jax.models.config import get_model_config
+from imtcxr_jax.sharding import make_mesh
+from imtcxr_jax.train.optimizer import make_optimizer
+from imtcxr_jax.train.partition import abstract_sharded_state, init_sharded_state, jit_train_step
+from imtcxr_jax.train.steps import LossScale, token_losses
+
+OPTIMIZER = ml_collections.ConfigDict(
+    dict(
+        total_steps=10, warmup_steps=2, warmup_init_lr=1e-4, learning_rate=1e-3, end_learning_rate=0.0,
+        schedule="cosine", adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01, clip_norm=1.0,
+    )
+)  # fmt: skip
+
+
+def make_batch(batch: int = 8, seed: int = 0, vocab: int = 1536):
+    rng = np.random.default_rng(seed)
+    prev = np.concatenate([np.zeros((batch, 1), np.int32), rng.integers(4, vocab, (batch, 5))], axis=1)
+    target = np.concatenate([prev[:, 1:], np.full((batch, 1), 2)], axis=1)
+    target[::3, -2:] = 1  # some padded targets
+    return {
+        "src": rng.integers(4, vocab, (batch, 7)).astype(np.int32),
+        "images": rng.standard_normal((batch, 32, 32, 3)).astype(np.float32),
+        "prev": prev.astype(np.int32),
+        "target": target.astype(np.int32),
+        "task": rng.integers(0, 4, batch).astype(np.int32),
+    }
+
+
+def test_token_losses_match_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 3, 11)).astype(np.float32)
+    targets = np.array([[4, 5, 1], [7, 1, 1]])
+    for eps in (0.0, 0.1):
+        got = np.asarray(token_losses(jnp.asarray(logits), jnp.asarray(targets), eps))
+        for b in range(2):
+            for t in range(3):
+                lp = logits[b, t] - np.log(np.sum(np.exp(logits[b, t].astype(np.float64))))
+                eps_i = eps / (11 - 1)
+                expected = (1 - eps - eps_i) * -lp[targets[b, t]] + eps_i * -lp.sum()
+                expected = 0.0 if targets[b, t] == 1 else expected
+                assert got[b, t] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def _run(mesh_shape, devices, steps=2, accumulation=1, **model_changes):
+    cfg = get_model_config("micro", **model_changes)
+    mesh = make_mesh(mesh_shape, devices)
+    tx = make_optimizer(OPTIMIZER)
+    graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
+    step = jit_train_step(graphdef, tx, shardings, mesh, accumulation_steps=accumulation)
+    losses = []
+    for i in range(steps):
+        state, metrics = step(state, make_batch(seed=i))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_sharded_steps_equal_one_device():
+    single, single_losses = _run((1, 1, 1), jax.devices()[:1])
+    reference = jax.tree.map(np.asarray, jax.tree.leaves(single.params))
+    # Relative to the parameters' scale: a parameter whose gradient is ~0 (e.g. a bias no data reaches) gets
+    # Adam updates of pure summation-order noise, so per-leaf relative errors would measure noise, not bugs.
+    scale = max(float(np.abs(leaf).max()) for leaf in reference)
+    for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
+        state, losses = _run(shape, jax.devices())
+        np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
+        for ours, expected in zip(jax.tree.leaves(state.params), reference, strict=True):
+            assert float(np.abs(np.asarray(ours) - expected).max()) <= 1e-5 * scale, shape
+        kernel = state.params["encoder"]["layers"][0]["ffn"]["fc1"]["kernel"][...]
+        assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    # Frozen BatchNorm: with batch statistics, micro-batches legitimately normalise differently (as in the
+    # original, whose update_freq also splits the batch).
+    _, full = _run((1, 1, 1), jax.devices()[:1], steps=2, resnet_norm="frozen")
+    _, accumulated = _run((1, 1, 1), jax.devices()[:1], steps=2, accumulation=4, resnet_norm="frozen")
+    np.testing.assert_allclose(accumulated, full, rtol=1e-5)
+
+
+def test_float16_loss_scaling_skips_an_injected_overflow_and_recovers():
+    cfg = get_model_config("micro", dtype="float16")
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    tx = make_optimizer(OPTIMIZER)
+    graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
+    step = jit_train_step(graphdef, tx, shardings, mesh)
+    state, metrics = step(state, make_batch())
+    assert bool(metrics["finite"]) and int(state.skipped_steps) == 0
+    before = jax.tree.map(np.asarray, state.params)
+    scale = float(state.loss_scale.scale)
+    overflow = make_batch(seed=1)
+    overflow["images"][0, 0, 0, 0] = np.inf  # poisons the forward pass of one example
+    state, metrics = step(state, overflow)
+    assert not bool(metrics["finite"])
+    assert int(state.skipped_steps) == 1 and float(state.loss_scale.scale) == scale / 2
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))  # the bad step changed nothing
+    state, metrics = step(state, make_batch(seed=2))
+    assert bool(metrics["finite"]) and int(state.skipped_steps) == 1
+
+
+def test_loss_scale_grows_after_a_period_of_good_steps():
+    scale = LossScale.create(initial=8.0, period=2)
+    scale = scale.update(jnp.array(True))
+    assert float(scale.scale) == 8.0
+    scale = scale.update(jnp.array(True))
+    assert float(scale.scale) == 16.0 and int(scale.good_steps) == 0
+
+
+def test_huge_config_state_is_built_abstractly_on_fake_devices():
+    cfg = get_model_config("ofa_huge", dtype="bfloat16")
+    mesh = make_mesh((1, 8, 1))
+    abstract, _ = abstract_sharded_state(cfg, make_optimizer(OPTIMIZER), mesh)
+    per_device = sum(
+        np.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+        for leaf in jax.tree.leaves(abstract)
+    )
+    assert per_device < 32 * 2**30 / 4  # params + Adam moments fit a quarter of a 32 GB V100 under fsdp=8
