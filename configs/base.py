@@ -5,6 +5,7 @@ Every key here can be overridden on the command line as --config.KEY=VALUE (nest
 
 import ml_collections
 
+from imtcxr_jax.data.pipeline import default_config
 from imtcxr_jax.models.config import get_model_config
 
 
@@ -19,28 +20,23 @@ def base_config(model_size: str = "micro") -> ml_collections.ConfigDict:
     # Tokenizer: "trained" (byte-level BPE trained on the training texts; the offline default) or "ofa".
     c.tokenizer = ml_collections.ConfigDict({"kind": "trained", "vocab_size": 2048, "bpe_dir": ""})
 
-    # Data: phantom radiographs generated into the workdir (or any folder in the manifest format).
-    c.data = ml_collections.ConfigDict()
-    c.data.source = (
-        "phantom"  # "phantom" (generated) or "manifest" (an existing folder: data.train_dir/eval_dir)
-    )
-    c.data.train_dir = ""
-    c.data.eval_dir = ""
-    c.data.train_examples = 2000  # phantoms generated for training
-    c.data.eval_examples = 100  # held-out phantoms (different seeds)
-    c.data.phantom_size = 256  # pixels of the generated phantom files
-    c.data.image_size = 128  # model input side
-    c.data.resize = "letterbox"  # "letterbox" (aspect kept, padded) or "stretch" (the original)
+    # Dataset: phantom radiographs generated into the workdir, or existing folders in the manifest format.
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.source = "phantom"  # "phantom" (generated on first use) or "manifest" (train_dir / eval_dir)
+    c.dataset.train_dir = ""
+    c.dataset.eval_dir = ""
+    c.dataset.train_examples = 2000  # phantoms generated for training (seeds 0..n-1)
+    c.dataset.eval_examples = 100  # held-out phantoms (seeds from 1_000_000 on, never trained on)
+    c.dataset.phantom_size = 256  # pixels of the generated phantom files
+
+    # Input pipeline (imtcxr_jax/data/pipeline.py documents every key); batch_size is the global batch.
+    c.data = default_config()
+    c.data.image_size = 128
     c.data.max_src_len = 48
     c.data.max_tgt_len = 96
-    c.data.weights = ml_collections.ConfigDict(
-        {"classification": 0.15, "localization": 0.20, "segmentation": 0.15, "report": 0.50}
-    )
-    c.data.augment = True
-    c.data.num_workers = 0  # grain worker processes; keep it fixed for a run (batches depend on it)
+    c.data.batch_size = 16
 
     # Optimisation (DESIGN decision 6).
-    c.batch_size = 16  # global batch (all hosts, all micro-batches)
     c.accumulation_steps = 1
     c.total_steps = 1000
     c.warmup_steps = 50

@@ -8,12 +8,12 @@ from configs.base import base_config
 
 def get_config():
     c = base_config("micro")
-    c.data.train_examples = 48
-    c.data.eval_examples = 8
-    c.data.phantom_size = 64
+    c.dataset.train_examples = 48
+    c.dataset.eval_examples = 8
+    c.dataset.phantom_size = 64
     c.data.image_size = 64
+    c.data.batch_size = 8
     c.tokenizer.vocab_size = 1400
-    c.batch_size = 8
     c.total_steps = 20
     c.warmup_steps = 2
     c.log_every = 5

@@ -16,6 +16,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "tokenizer": ("imtcxr_jax.text.tokenizer", "train or inspect a tokenizer"),
     "data": ("imtcxr_jax.data.cli", "generate phantom radiographs and build datasets"),
     "metrics": ("imtcxr_jax.evaluation.cli", "score reports and label them CheXpert-style"),
+    "train": ("imtcxr_jax.train.cli", "train or resume a model in a workdir"),
 }
 
 
