@@ -80,7 +80,10 @@ def _validate_tokens(name: str, tokens: jax.Array, vocab_size: int) -> None:
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"{name}: got dtype {tokens.dtype}, expected integer token ids")
     if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-        low, high = int(tokens.min()), int(tokens.max())
+        # Concrete ids (eager calls, or constants closed over by a jit): check the range on the host, in numpy,
+        # so that no traced value is created.
+        values = np.asarray(tokens)
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"{name}: got token id {bad}, expected ids in [0, {vocab_size})")
