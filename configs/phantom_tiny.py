@@ -20,19 +20,19 @@ def get_config():
         )
     )  # fmt: skip
     c.tokenizer.vocab_size = 2048
-    c.dataset.train_examples = 3000
+    c.dataset.train_examples = 2000
     c.dataset.eval_examples = 100
     c.dataset.phantom_size = 256
     c.data.image_size = 128
     c.data.max_src_len = 48
-    c.data.max_tgt_len = 96
+    c.data.max_tgt_len = 128
     c.data.batch_size = 32
-    c.total_steps = 3000
+    c.total_steps = 1200
     c.warmup_steps = 100
     c.learning_rate = 2e-3
     c.log_every = 25
     c.checkpoint_every = 500
-    c.eval_every = 1000
+    c.eval_every = 600
     c.eval_examples_per_task = 64
     c.beam_size = 1
     return c

@@ -48,11 +48,13 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-    def restore(self, abstract_state: Any, data_iterator: Any | None) -> tuple[Any, int] | None:
+    def restore(
+        self, abstract_state: Any, data_iterator: Any | None, *, step: int | None = None
+    ) -> tuple[Any, int] | None:
         """Restore the newest readable step onto `abstract_state`'s shapes, dtypes and shardings (which may
         be a different mesh than the one saved from). The iterator is set to its saved position in place.
-        Returns (state, step), or None when there is no checkpoint at all."""
-        for step in reversed(self.steps()):
+        Returns (state, step), or None when there is no checkpoint at all. With `step`, only that one."""
+        for step in [step] if step is not None else reversed(self.steps()):
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)

@@ -84,3 +84,15 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ml_collections.C
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """The inverse of `config_to_json` (lists become tuples where the key holds a shape, e.g. mesh)."""
+    values = json.loads(text)
+
+    def tuples(node):
+        if isinstance(node, dict):
+            return {k: tuples(v) for k, v in node.items()}
+        return tuple(node) if isinstance(node, list) else node
+
+    return ml_collections.ConfigDict(tuples(values))

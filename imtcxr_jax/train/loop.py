@@ -241,3 +241,42 @@ class _StopFlag:
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Using a workdir's checkpoints elsewhere
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_trained_model(workdir: str | Path, step: int | None = None):
+    """(model, tokenizer, config, step) from a training workdir: its newest readable checkpoint (or `step`),
+    restored on one device for inference."""
+    from flax import nnx
+
+    from imtcxr_jax.models.imtcxr import IMTCXR
+    from imtcxr_jax.train.experiment import config_from_json
+    from imtcxr_jax.train.partition import abstract_sharded_state
+
+    workdir = Path(workdir)
+    for name in ("config.json", "model.json", "tokenizer.json"):
+        if not (workdir / name).is_file():
+            raise ValueError(
+                f"{workdir}: missing {name}; expected a training workdir (imtcxr train --workdir)"
+            )
+    config = config_from_json((workdir / "config.json").read_text())
+    tokenizer = load_tokenizer(workdir / "tokenizer.json", bpe_dir=config.tokenizer.bpe_dir or None)
+    cfg = ModelConfig.from_dict(json.loads((workdir / "model.json").read_text()))
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    abstract, _ = abstract_sharded_state(cfg, make_optimizer(config), mesh, config.seed)
+    checkpoints = Checkpointer(workdir / "checkpoints", asynchronous=False)
+    try:
+        if step is not None and step not in checkpoints.steps():
+            raise ValueError(f"{workdir}: no checkpoint of step {step} (have {checkpoints.steps()})")
+        restored = checkpoints.restore(abstract, None, step=step)
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise ValueError(f"{workdir / 'checkpoints'}: no readable checkpoint")
+    state, step = restored
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: IMTCXR(cfg, rngs=nnx.Rngs(0))))
+    return nnx.merge(graphdef, state.params, state.model_state), tokenizer, config, step

@@ -1,0 +1,190 @@
+"""Run a model over held-out examples and score every task, with the best constant answer as a yardstick.
+
+- classification: for every (image, label) the model is asked " is {label} in this image?"; the score is
+  P(" yes") / (P(" yes") + P(" no")) of the first answer token (one teacher-forced decoder step). AUC per label
+  and macro; F1 at 0.5.
+- localization: the box of each finding, decoded greedily under the box constraint (4 bins, x0 <= x1,
+  y0 <= y1); ACC@IoU>=0.5 and mIoU against the best-matching ground-truth box. Baseline: the mean ground-truth
+  box of the same label over the evaluated set (an oracle constant, so the comparison favours the baseline).
+- segmentation: each structure's 30-point polygon under the polygon constraint; Dice. Baseline: the
+  point-wise mean polygon of the structure (polygons share start point and orientation).
+- report: greedy (or beam) report, plain and evidence-prompted; CE precision/recall/F1 through the
+  CheXpert-style labeler against the reference report; BLEU-4 and ROUGE-L (project tokenizer, no Java).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from imtcxr_jax.data.pipeline import EvalExample, EvalSet
+from imtcxr_jax.decoding.beam_search import beam_search
+from imtcxr_jax.decoding.constraints import BoxConstraint, PolygonConstraint
+from imtcxr_jax.evaluation import metrics
+from imtcxr_jax.evaluation.labeler import OBSERVATIONS, CheXpertLabeler
+from imtcxr_jax.evaluation.report_metrics import bleu, rouge_l
+from imtcxr_jax.models.imtcxr import IMTCXR, EncoderOutput
+from imtcxr_jax.tasks import localization, segmentation
+from imtcxr_jax.tasks.common import Task, Unparseable
+from imtcxr_jax.text.tokenizer import BOS_ID, Tokenizer
+
+HEADLINE_LABELS = ("cardiomegaly", "pleural effusion", "pneumothorax")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, state, src, images) -> EncoderOutput:
+    return nnx.merge(graphdef, state).encode(src, images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _first_token_log_probs(graphdef, state, src, images) -> jax.Array:
+    model = nnx.merge(graphdef, state)
+    enc = model.encode(src, images)
+    logits = model.decode(jnp.full((src.shape[0], 1), BOS_ID, jnp.int32), enc)
+    return jax.nn.log_softmax(logits[:, 0], axis=-1)
+
+
+def _batches(examples: list[EvalExample], eval_set: EvalSet, batch_size: int):
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # static shapes: one compilation
+        src = np.stack([e.arrays["src"] for e in padded])
+        yield chunk, jnp.asarray(src), jnp.asarray(eval_set.images(padded))
+
+
+def _decode_texts(
+    model, graphdef, state, examples, eval_set, tokenizer, batch_size, constraint, max_len, beam
+):
+    texts = []
+    for chunk, src, images in _batches(examples, eval_set, batch_size):
+        enc = _encode(graphdef, state, src, images)
+        result = beam_search(
+            model, enc, beam_size=beam, max_len=max_len, constraint=constraint,
+            no_repeat_ngram_size=0 if constraint is not None else 3,
+        )  # fmt: skip
+        tokens = np.asarray(result.tokens[:, 0])
+        texts += [tokenizer.decode(row.tolist()) for row in tokens[: len(chunk)]]
+    return texts
+
+
+def evaluate(
+    model: IMTCXR,
+    eval_set: EvalSet,
+    tokenizer: Tokenizer,
+    *,
+    batch_size: int = 16,
+    per_task: int | None = None,
+    beam_size: int = 1,
+    max_report_len: int = 96,
+) -> dict[str, Any]:
+    """Scores of `model` on `eval_set` (at most `per_task` examples per task), flat {name: number}."""
+    graphdef, state = nnx.split(model)
+    by_task: dict[Task, list[EvalExample]] = collections.defaultdict(list)
+    for example in eval_set:
+        if per_task is None or len(by_task[example.task]) < per_task:
+            by_task[example.task].append(example)
+    scores: dict[str, Any] = {}
+    vocab = model.cfg.vocab_size
+
+    # Classification: P(yes) of presence questions -> AUC per label.
+    presence = by_task.get(Task.PRESENCE, [])
+    if presence:
+        yes, no = tokenizer.encode(" yes")[0], tokenizer.encode(" no")[0]
+        probabilities = []
+        for chunk, src, images in _batches(presence, eval_set, batch_size):
+            lp = np.asarray(_first_token_log_probs(graphdef, state, src, images))[: len(chunk)]
+            probabilities += list(1.0 / (1.0 + np.exp(lp[:, no] - lp[:, yes])))
+        labels = sorted({e.ref.subject for e in presence})
+        records = sorted({e.ref.record for e in presence})
+        truth = np.zeros((len(records), len(labels)))
+        score = np.full((len(records), len(labels)), np.nan)
+        for example, p in zip(presence, probabilities, strict=True):
+            row, col = records.index(example.ref.record), labels.index(example.ref.subject)
+            truth[row, col], score[row, col] = float(example.truth), p
+        known = ~np.isnan(score)
+        auc = metrics.multilabel_auc(truth, np.nan_to_num(score), mask=known, class_names=labels)
+        f1 = metrics.multilabel_f1(
+            truth, (np.nan_to_num(score) >= 0.5).astype(int), mask=known, class_names=labels
+        )
+        scores["auc_macro"] = auc.macro
+        scores["f1_macro"] = f1.macro
+        for label, value in zip(labels, auc.per_class, strict=True):
+            scores[f"auc/{label}"] = value
+        headline = [auc.per_class[labels.index(lab)] for lab in HEADLINE_LABELS if lab in labels]
+        headline = [v for v in headline if v is not None]
+        if headline:
+            scores["auc_headline"] = float(np.mean(headline))
+
+    # Localization: one greedy box per question.
+    boxes = by_task.get(Task.BOX, [])
+    if boxes:
+        texts = _decode_texts(model, graphdef, state, boxes, eval_set, tokenizer, batch_size,
+                              BoxConstraint(vocab_size=vocab), 5, beam_size)  # fmt: skip
+        predictions, truths, means = [], [], {}
+        for example in boxes:
+            means.setdefault(example.ref.subject, []).append(np.asarray(example.truth, float).mean(axis=0))
+        for example, text in zip(boxes, texts, strict=True):
+            size = example.transform.canvas_size
+            parsed = localization.parse_boxes(text, size, size)
+            predictions.append(None if isinstance(parsed, Unparseable) else np.asarray(parsed)[0])
+            truths.append(np.asarray(example.truth))
+        ours = metrics.box_accuracy(predictions, truths)
+        constant = metrics.box_accuracy([np.mean(means[e.ref.subject], axis=0) for e in boxes], truths)
+        scores |= {"box_acc": ours.accuracy, "box_miou": ours.mean_iou}
+        scores |= {"box_acc_mean_box": constant.accuracy, "box_miou_mean_box": constant.mean_iou}
+
+    # Segmentation: 30-point polygons.
+    polygons = by_task.get(Task.SEGMENTATION, [])
+    if polygons:
+        points = len(polygons[0].truth)
+        texts = _decode_texts(model, graphdef, state, polygons, eval_set, tokenizer, batch_size,
+                              PolygonConstraint(vocab_size=vocab, num_points=points), 2 * points + 1, beam_size)  # fmt: skip
+        mean_polygon = collections.defaultdict(list)
+        for example in polygons:
+            mean_polygon[example.ref.subject].append(np.asarray(example.truth))
+        ours, constant = collections.defaultdict(list), collections.defaultdict(list)
+        for example, text in zip(polygons, texts, strict=True):
+            size = example.transform.canvas_size
+            parsed = segmentation.parse_polygon(text, size, size, num_points=points)
+            prediction = None if isinstance(parsed, Unparseable) else np.asarray(parsed)
+            ours[example.ref.subject].append(metrics.polygon_dice(prediction, example.truth, (size, size)))
+            mean = np.mean(mean_polygon[example.ref.subject], axis=0)
+            constant[example.ref.subject].append(metrics.polygon_dice(mean, example.truth, (size, size)))
+        for structure in ours:
+            scores[f"dice/{structure}"] = float(np.mean(ours[structure]))
+            scores[f"dice_mean_polygon/{structure}"] = float(np.mean(constant[structure]))
+        scores["dice"] = float(np.mean([v for values in ours.values() for v in values]))
+        scores["dice_mean_polygon"] = float(np.mean([v for values in constant.values() for v in values]))
+
+    # Reports: clinical efficacy through the labeler, plus BLEU-4 / ROUGE-L.
+    reports = by_task.get(Task.REPORT, [])
+    if reports:
+        hypotheses = _decode_texts(model, graphdef, state, reports, eval_set, tokenizer, batch_size, None,
+                                   max_report_len, beam_size)  # fmt: skip
+        references = [str(example.truth) for example in reports]
+        labeler = CheXpertLabeler()
+        ce = metrics.clinical_efficacy(
+            labeler.label_many(references), labeler.label_many(hypotheses), OBSERVATIONS
+        )
+        scores |= {"ce_precision": ce["precision"], "ce_recall": ce["recall"], "ce_f1": ce["f1"]}
+        scores["bleu_4"] = bleu([[r] for r in references], hypotheses)[3]
+        scores["rouge_l"] = rouge_l([[r] for r in references], hypotheses).score
+        scores["report_example"] = hypotheses[0]
+    return scores
+
+
+def evaluate_during_training(
+    graphdef, state, eval_set: EvalSet, tokenizer: Tokenizer, config
+) -> dict[str, Any]:
+    """The loop's hook: the train state's current parameters in inference mode."""
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    return evaluate(
+        model, eval_set, tokenizer, per_task=config.eval_examples_per_task, beam_size=config.beam_size,
+        max_report_len=config.data.max_tgt_len,
+    )  # fmt: skip
