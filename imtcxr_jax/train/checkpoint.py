@@ -54,20 +54,21 @@ class Checkpointer:
         """Restore the newest readable step onto `abstract_state`'s shapes, dtypes and shardings (which may
         be a different mesh than the one saved from). The iterator is set to its saved position in place.
         Returns (state, step), or None when there is no checkpoint at all. With `step`, only that one."""
-        for step in [step] if step is not None else reversed(self.steps()):
+        candidates = [step] if step is not None else list(reversed(self.steps()))
+        for candidate in candidates:
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
             except Exception as error:
                 warnings.warn(
-                    f"checkpoint {self.directory / str(step)} could not be restored ({type(error).__name__}: "
+                    f"checkpoint {self.directory / str(candidate)} could not be restored ({type(error).__name__}: "
                     f"{str(error)[:300]}); falling back to the previous checkpoint",
                     stacklevel=2,
                 )
                 continue
-            return restored["state"], step
+            return restored["state"], candidate
         return None
 
     def wait(self) -> None:
