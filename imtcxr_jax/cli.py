@@ -17,6 +17,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "data": ("imtcxr_jax.data.cli", "generate phantom radiographs and build datasets"),
     "metrics": ("imtcxr_jax.evaluation.cli", "score reports and label them CheXpert-style"),
     "train": ("imtcxr_jax.train.cli", "train or resume a model in a workdir"),
+    "eval": ("imtcxr_jax.evaluate", "score a trained workdir on held-out data"),
 }
 
 

@@ -188,3 +188,37 @@ def evaluate_during_training(
         model, eval_set, tokenizer, per_task=config.eval_examples_per_task, beam_size=config.beam_size,
         max_report_len=config.data.max_tgt_len,
     )  # fmt: skip
+
+
+def cli_main(argv: list[str]) -> int:
+    """`imtcxr eval --checkpoint W [--data DIR] [--per-task N]`: score a training workdir's newest checkpoint
+    on held-out data (default: the workdir's held-out phantoms); prints the scores as a JSON last line."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from imtcxr_jax.data.pipeline import make_eval_examples
+    from imtcxr_jax.data.sources import load_records
+    from imtcxr_jax.train.loop import load_trained_model
+
+    parser = argparse.ArgumentParser(prog="imtcxr eval", description=cli_main.__doc__)
+    parser.add_argument("--checkpoint", required=True, help="a training workdir")
+    parser.add_argument("--data", help="a folder in the manifest format (default: WORKDIR/data/eval)")
+    parser.add_argument("--per-task", type=int, default=64, help="examples per task (default 64)")
+    parser.add_argument("--beam", type=int, default=1)
+    args = parser.parse_args(argv)
+    model, tokenizer, config, step = load_trained_model(args.checkpoint)
+    data = Path(args.data) if args.data else Path(args.checkpoint) / "data" / "eval"
+    records, rejected = load_records(data)
+    if rejected.counts:
+        print(f"{data}: {rejected.summary()}")
+    eval_set = make_eval_examples(records, data, tokenizer, config.data)
+    scores = evaluate(
+        model, eval_set, tokenizer, per_task=args.per_task, beam_size=args.beam,
+        max_report_len=config.data.max_tgt_len,
+    )  # fmt: skip
+    for key, value in scores.items():
+        if isinstance(value, float):
+            print(f"{key:>32}: {value:.4f}")
+    print(json.dumps({"step": step, **scores}))
+    return 0
