@@ -1,0 +1,434 @@
+"""Beam search with the semantics of the original generator (spec §14), as one jitted `lax.while_loop`.
+
+The encoder runs once (by the caller, or by `decode_batch`); the decoder cache is built once for the B
+sentences and tiled K times, hypothesis k of sentence b at row b*K + k. Each loop iteration is one step t of
+spec §14.2:
+
+  a. cached decoder step on the last token of every hypothesis -> log-softmax in float32 -> lp (B*K, V);
+  b. t < min_len forbids EOS; NaN -> -inf; PAD forbidden; UNK -= unk_penalty;
+  c. t >= max_len leaves only EOS;
+  d. no-repeat-n-gram blocking (dense, see `_ngram_bans`);
+     (+ the optional constraint mask: disallowed tokens -> -inf; our addition, see below);
+  e. cumulative scores (t = 0: beam 0 only), top 2K of the K*V candidates per sentence;
+  f. finite-score EOS candidates among the first K are finalised with score cumulative / (t + 1)^lenpen,
+     until a sentence holds K finalised hypotheses;
+  g. the first K candidates that are not (EOS with a finite score) become the new beam; histories, scores,
+     the decoder cache and the constraint states are reordered along.
+
+A sentence is finished when it holds K finalised hypotheses, or at t = max_len. It is also finished when every
+live hypothesis has score -inf: the original keeps stepping those (in the unconstrained search this only
+happens with NaN logits), but a -inf hypothesis can never be finalised, so stopping early changes no output.
+The loop exits as soon as every sentence is finished. Finished sentences still ride along in the batch
+(static shapes) but their finalised lists no longer change, exactly as the original drops them from its batch.
+
+Compilation. NNX modules cannot be closed over by `lax` loops, so the model is split with `nnx.split` into a
+(hashable, static) graphdef and a state pytree, and merged back inside one `jax.jit`-ed function that holds
+the whole search. Static (one compilation each): B, K, max_len, the constraint's type and table shapes, the
+model's graphdef, and no_repeat_ngram_size only beyond NGRAM_BOUND. Traced (no recompilation): the weights,
+the encoder output (its length S is a shape), min_len, length_penalty, unk_penalty, no_repeat_ngram_size
+<= NGRAM_BOUND and the constraint's tables.
+
+Constraints (DESIGN.md decision 7; not in the original, spec §14.3). A constraint automaton (see
+`constraints.py`) gives each hypothesis a boolean mask of allowed next tokens. The mask is applied to the
+already normalised log-probabilities: lp = log_softmax(all V logits), then disallowed -> -inf. Constrained
+scores are therefore still log-probabilities under the model's full distribution (a constrained answer's
+score is comparable with an unconstrained one's, and exp(score) is a confidence that is low when the model
+would rather have said something else); they are *not* renormalised over the allowed set. Without a
+constraint the search is exactly the original's.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from imtcxr_jax.decoding.constraints import Constraint
+from imtcxr_jax.models.imtcxr import DecoderCache, EncoderOutput
+
+BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3  # spec §9.3 / §16 item 12
+NEG_INF = -jnp.inf
+NGRAM_BOUND = 4  # no_repeat_ngram_size 0..4 are traced values of one compiled search
+
+# Decoder-cache fields that hold the same value for every hypothesis of a sentence (they derive from the
+# encoder output or from positions only), so reordering beams within a sentence leaves them unchanged. They
+# are kept as they are instead of gathered: the cross-attention keys/values are the largest arrays of the
+# cache and copying them every step would dominate the step's memory traffic. Any other field (a new one
+# included) is gathered.
+_BEAM_INVARIANT_CACHE_FIELDS = (
+    "cross_keys",
+    "cross_values",
+    "cross_position_keys",
+    "encoder_padding_mask",
+    "self_position_keys",
+)
+
+
+@struct.dataclass
+class BeamResult:
+    """The finalised hypotheses of every sentence, best first (spec §14.2 step 4).
+
+    A slot without a finalised hypothesis (possible only under a constraint that leaves no finite-score way to
+    end, or with NaN logits) has `finished` False, score -inf, length 0 and PAD tokens.
+    """
+
+    tokens: jax.Array  # (B, K, max_len + 1) int32: the answer without BOS, then EOS, then PAD
+    scores: jax.Array  # (B, K) float32: sum of log-probs / length^lenpen (length counts the EOS)
+    lengths: jax.Array  # (B, K) int32: number of tokens including the EOS
+    token_scores: jax.Array  # (B, K, max_len + 1) float32: per-token log-probs, 0 after the EOS
+    finished: jax.Array  # (B, K) bool: the slot holds a finalised (EOS-terminated) hypothesis
+    steps: jax.Array  # () int32: decoder steps run (early exit makes it <= max_len + 1)
+
+
+@struct.dataclass
+class _SearchState:
+    step: jax.Array  # () int32, the t of spec §14.2
+    tokens: jax.Array  # (B*K, max_len + 2) int32: column 0 = BOS, then the hypothesis, PAD after
+    cumulative: jax.Array  # (B*K, max_len + 1) float32: cumulative score after each generated token
+    cache: DecoderCache
+    constraint_state: Any  # pytree with leading axis B*K, or () without a constraint
+    final_tokens: jax.Array  # (B, K, max_len + 1) int32
+    final_cumulative: jax.Array  # (B, K, max_len + 1) float32
+    final_scores: jax.Array  # (B, K) float32, normalised
+    final_lengths: jax.Array  # (B, K) int32
+    final_count: jax.Array  # (B,) int32
+    done: jax.Array  # (B,) bool
+
+
+def beam_search(
+    model: nnx.Module,
+    enc: EncoderOutput,
+    *,
+    beam_size: int = 5,
+    max_len: int = 200,
+    min_len: int = 1,
+    no_repeat_ngram_size: int = 3,
+    length_penalty: float = 1.0,
+    unk_penalty: float = 0.0,
+    constraint: Constraint | None = None,
+) -> BeamResult:
+    """Beam search over `model.decode_step` from BOS for every sentence of `enc` (B sentences).
+
+    Defaults are the demo's generator (spec §14.1): K = 5, at most 200 tokens before the forced EOS, EOS
+    forbidden at the first step, no repeated 3-grams, score = mean log-prob (lenpen 1). Greedy decoding is
+    `beam_size=1`. `no_repeat_ngram_size=0` disables the blocking. `constraint` (see `constraints.py`) makes
+    every finalised answer well-formed; the mask is applied after the log-softmax (module docstring).
+    """
+    vocab_size = model.cfg.vocab_size
+    _check_arguments(model, beam_size, max_len, min_len, no_repeat_ngram_size, vocab_size, constraint)
+    graphdef, state = nnx.split(model)
+    return _search(
+        graphdef,
+        state,
+        enc,
+        constraint,
+        jnp.asarray(min_len, jnp.int32),
+        jnp.asarray(length_penalty, jnp.float32),
+        jnp.asarray(unk_penalty, jnp.float32),
+        jnp.asarray(no_repeat_ngram_size, jnp.int32),
+        beam_size=beam_size,
+        max_len=max_len,
+        # Sizes up to NGRAM_BOUND share one compilation (0 included); a larger size gets its own.
+        ngram_bound=max(NGRAM_BOUND, no_repeat_ngram_size),
+    )
+
+
+def decode_batch(
+    model: nnx.Module,
+    src_tokens: jax.Array,
+    images: jax.Array,
+    *,
+    image_mask: jax.Array | None = None,
+    length_bucket: int = 16,
+    **search_options: Any,
+) -> BeamResult:
+    """Encode (jitted) then `beam_search`. src_tokens (B, L) [BOS] + ids + [EOS], right-padded with PAD;
+    images (B, H, W, 3) normalised; image_mask (B,) bool (False = no image). `search_options` go to
+    `beam_search`.
+
+    Every instruction length L is a new shape, hence a new compilation of the encoder and of the search; the
+    instructions are therefore right-padded with PAD to a multiple of `length_bucket` (at most
+    max_source_positions). PAD positions are masked out of every attention, as in the original's batches, so
+    this changes nothing but float rounding. `length_bucket=1` keeps L as given.
+    """
+    src = np.asarray(src_tokens)
+    if src.ndim != 2 or not np.issubdtype(src.dtype, np.integer):
+        raise ValueError(f"src_tokens: got {src.dtype} {src.shape}, expected (batch, length) integer ids")
+    if src.size and (src.min() < 0 or src.max() >= model.cfg.vocab_size):
+        raise ValueError(
+            f"src_tokens: ids must lie in [0, {model.cfg.vocab_size}), got {src.min()}..{src.max()}"
+        )
+    length = src.shape[1]
+    if length <= model.cfg.max_source_positions:
+        padded = min(
+            -(-length // max(length_bucket, 1)) * max(length_bucket, 1), model.cfg.max_source_positions
+        )
+        src = np.pad(src, ((0, 0), (0, padded - length)), constant_values=PAD_ID)
+    if image_mask is None:
+        image_mask = jnp.ones((src.shape[0],), bool)
+    graphdef, state = nnx.split(model)
+    enc = _encode(graphdef, state, jnp.asarray(src, jnp.int32), jnp.asarray(images), jnp.asarray(image_mask))
+    return beam_search(model, enc, **search_options)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, state, src_tokens, images, image_mask) -> EncoderOutput:
+    return nnx.merge(graphdef, state).encode(src_tokens, images, image_mask)
+
+
+def _check_arguments(
+    model: nnx.Module,
+    beam_size: int,
+    max_len: int,
+    min_len: int,
+    no_repeat_ngram_size: int,
+    vocab_size: int,
+    constraint: Constraint | None,
+) -> None:
+    for name, value, low in [
+        ("beam_size", beam_size, 1),
+        ("max_len", max_len, 1),
+        ("min_len", min_len, 0),
+        ("no_repeat_ngram_size", no_repeat_ngram_size, 0),
+    ]:
+        if not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name}: got {value!r}, expected an integer >= {low}")
+    if min_len > max_len:
+        raise ValueError(f"min_len: got {min_len} > max_len={max_len}; no answer could end")
+    if 2 * beam_size > vocab_size - 1:  # the original takes min(2K, V - 1) candidates; we need 2K
+        raise ValueError(f"beam_size: got {beam_size}, expected 2 * beam_size <= vocab_size - 1")
+    positions = model.cfg.max_target_positions
+    if max_len + 1 > positions:
+        raise ValueError(
+            f"max_len: got {max_len}, expected at most max_target_positions - 1 = {positions - 1} "
+            "(BOS plus max_len tokens are decoder positions)"
+        )
+    if constraint is not None:
+        if constraint.vocab_size != vocab_size:
+            raise ValueError(
+                f"constraint: built for vocab_size {constraint.vocab_size}, the model has {vocab_size}"
+            )
+        if constraint.min_steps > max_len:
+            raise ValueError(
+                f"max_len: got {max_len}, but the shortest answer {type(constraint).__name__} allows has "
+                f"{constraint.min_steps} tokens before its EOS"
+            )
+        if constraint.max_steps is not None and min_len > constraint.max_steps:
+            raise ValueError(
+                f"min_len: got {min_len}, but the longest answer {type(constraint).__name__} allows has "
+                f"{constraint.max_steps} tokens before its EOS"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The jitted search
+# ---------------------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "beam_size", "max_len", "ngram_bound"))
+def _search(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    enc: EncoderOutput,
+    constraint: Constraint | None,
+    min_len: jax.Array,
+    length_penalty: jax.Array,
+    unk_penalty: jax.Array,
+    no_repeat_ngram_size: jax.Array,
+    *,
+    beam_size: int,
+    max_len: int,
+    ngram_bound: int,
+) -> BeamResult:
+    model = nnx.merge(graphdef, state)
+    k = beam_size
+    batch = enc.hidden.shape[0]
+    rows = batch * k
+
+    # Spec §14.2 steps 1-2: encoder output (here: the cache built from it) repeated K times per sentence.
+    tile = jnp.repeat(jnp.arange(batch), k)  # row b*K + k -> sentence b
+    cache = model.init_cache(enc, max_len + 1).gather(tile)
+    init = _SearchState(
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((rows, max_len + 2), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID),
+        cumulative=jnp.zeros((rows, max_len + 1), jnp.float32),
+        cache=cache,
+        constraint_state=() if constraint is None else constraint.init(rows),
+        final_tokens=jnp.full((batch, k, max_len + 1), PAD_ID, jnp.int32),
+        final_cumulative=jnp.zeros((batch, k, max_len + 1), jnp.float32),
+        final_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
+        final_lengths=jnp.zeros((batch, k), jnp.int32),
+        final_count=jnp.zeros((batch,), jnp.int32),
+        done=jnp.zeros((batch,), bool),
+    )
+
+    def running(s: _SearchState) -> jax.Array:
+        return (s.step <= max_len) & ~jnp.all(s.done)
+
+    def step(s: _SearchState) -> _SearchState:
+        t = s.step
+        last = jax.lax.dynamic_slice_in_dim(s.tokens, t, 1, axis=1)  # (B*K, 1)
+        logits, cache = model.decode_step(last, s.cache)
+        lprobs = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)  # (B*K, V)
+        lprobs = _process_lprobs(
+            lprobs, s.tokens, t, min_len=min_len, max_len=max_len, unk_penalty=unk_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size, ngram_bound=ngram_bound,
+        )  # fmt: skip
+        if constraint is not None:
+            lprobs = jnp.where(constraint.allowed(s.constraint_state), lprobs, NEG_INF)
+        return _beam_step(s, lprobs, cache, constraint, k, max_len, length_penalty)
+
+    final = jax.lax.while_loop(running, step, init)
+    return _collect(final)
+
+
+def _process_lprobs(
+    lprobs: jax.Array,
+    tokens: jax.Array,
+    t: jax.Array,
+    *,
+    min_len: jax.Array,
+    max_len: int,
+    unk_penalty: jax.Array,
+    no_repeat_ngram_size: jax.Array,
+    ngram_bound: int,
+) -> jax.Array:
+    """Spec §14.2 b-d on lp (B*K, V); tokens (B*K, max_len + 2) is the history buffer."""
+    vocab = jnp.arange(lprobs.shape[-1])
+    is_eos = vocab == EOS_ID
+    lprobs = jnp.where(is_eos & (t < min_len), NEG_INF, lprobs)
+    lprobs = jnp.where(jnp.isnan(lprobs), NEG_INF, lprobs)
+    lprobs = jnp.where(vocab == PAD_ID, NEG_INF, lprobs)
+    lprobs = lprobs - jnp.where(vocab == UNK_ID, unk_penalty, 0.0)
+    lprobs = jnp.where(~is_eos & (t >= max_len), NEG_INF, lprobs)
+    if ngram_bound > 0:
+        banned = _ngram_bans(tokens, t, no_repeat_ngram_size, ngram_bound, lprobs.shape[-1])
+        lprobs = jnp.where(banned, NEG_INF, lprobs)
+    return lprobs
+
+
+def _ngram_bans(tokens: jax.Array, t: jax.Array, n: jax.Array, longest: int, vocab_size: int) -> jax.Array:
+    """(B*K, V) bool: tokens w such that (tokens[t-n+2..t], w) already occurs in the row (spec §14.2 d).
+
+    Dense form of fairseq's n-gram table: the key (the last n-1 tokens, positions t-n+2..t) is compared with
+    every window tokens[i..i+n-2] whose n-gram lies within the written positions 0..t (BOS at 0 included),
+    and the token following each matching window is banned. Active once t >= n - 2, as in the original;
+    n = 0 bans nothing. (The original also scans the PAD columns beyond t, which can only ban PAD, already
+    forbidden.) n is traced; `longest` >= n is the static bound of the comparison loop.
+    """
+    rows, width = tokens.shape
+    starts = jnp.arange(width)[None, :]  # window starts i
+    match = jnp.broadcast_to((n > 0) & (t - n + 2 >= 0) & (starts + n - 1 <= t), (rows, width))
+    for j in range(longest - 1):  # compare the j-th token of every window with the j-th token of the key
+        key = jax.lax.dynamic_slice_in_dim(tokens, jnp.clip(t - n + 2 + j, 0, width - 1), 1, axis=1)
+        shifted = jnp.roll(tokens, -j, axis=1)  # shifted[:, i] = tokens[:, i + j] where it matters
+        match &= (shifted == key) | (j >= n - 1)
+    following = jnp.take_along_axis(tokens, jnp.clip(starts + n - 1, 0, width - 1), axis=1)
+    row_ids = jnp.broadcast_to(jnp.arange(rows)[:, None], following.shape)
+    # Non-matching windows scatter to column V, which mode="drop" discards.
+    return (
+        jnp.zeros((rows, vocab_size), bool)
+        .at[row_ids, jnp.where(match, following, vocab_size)]
+        .set(True, mode="drop")
+    )
+
+
+def _beam_step(
+    s: _SearchState,
+    lprobs: jax.Array,
+    cache: DecoderCache,
+    constraint: Constraint | None,
+    k: int,
+    max_len: int,
+    length_penalty: jax.Array,
+) -> _SearchState:
+    """Spec §14.2 e-g: candidates, finalisation, the new beam."""
+    t = s.step
+    rows, vocab = lprobs.shape
+    batch = rows // k
+
+    # e. Cumulative candidate scores; at t = 0 every hypothesis is the same BOS, so only beam 0 competes.
+    previous = jnp.where(t > 0, s.cumulative[:, jnp.maximum(t - 1, 0)], 0.0)
+    scores = (lprobs + previous[:, None]).reshape(batch, k, vocab)
+    scores = jnp.where((jnp.arange(k)[None, :, None] > 0) & (t == 0), NEG_INF, scores)
+    # lax.top_k breaks ties towards the lower flat index, so at t = 0 the -inf fillers (if any) come from
+    # beam 0 as in the original, which only looks at beam 0.
+    # The barrier keeps XLA from folding our later slices of the candidates into the sort that top_k
+    # decomposes into: with those extra slices the CPU backend no longer recognises a top-k and fully sorts
+    # all K*V scores every step (100x slower for the OFA vocabulary).
+    cand_scores, flat = jax.lax.optimization_barrier(
+        jax.lax.top_k(scores.reshape(batch, k * vocab), 2 * k)
+    )  # (B, 2K), best first
+    cand_beams, cand_tokens = flat // vocab, flat % vocab
+    cand_rows = cand_beams + (jnp.arange(batch) * k)[:, None]  # (B, 2K) rows b*K + beam
+    is_final = (cand_tokens == EOS_ID) & jnp.isfinite(cand_scores)  # (B, 2K)
+
+    # f. Finalise finite EOS candidates among the first K, in rank order, while a sentence holds < K.
+    eos = is_final[:, :k] & ~s.done[:, None]
+    slot = s.final_count[:, None] + jnp.cumsum(eos, axis=1) - 1  # (B, K) slot each EOS would take
+    accept = eos & (slot < k)
+    # Each slot receives at most one candidate: the candidate j with accept[j] and slot[j] == that slot.
+    takes = accept[:, :, None] & (slot[:, :, None] == jnp.arange(k)[None, None, :])  # (B, cand, slot)
+    filled = jnp.any(takes, axis=1)  # (B, K slots)
+    source = jnp.argmax(takes, axis=1)  # (B, K slots) -> candidate index
+    src_rows = jnp.take_along_axis(cand_rows[:, :k], source, axis=1).reshape(-1)
+    positions = jnp.arange(max_len + 1)
+    new_tokens = jnp.where(positions == t, EOS_ID, s.tokens[src_rows, 1:]).reshape(batch, k, -1)
+    eos_scores = jnp.take_along_axis(cand_scores[:, :k], source, axis=1)  # (B, K)
+    new_cumulative = jnp.where(positions <= t, s.cumulative[src_rows], 0.0).reshape(batch, k, -1)
+    new_cumulative = jnp.where(positions == t, eos_scores[:, :, None], new_cumulative)
+    normalised = eos_scores / ((t + 1).astype(jnp.float32) ** length_penalty)
+    final_count = s.final_count + jnp.sum(accept, axis=1)
+
+    # g. The new beam: the first K candidates that are not finalisable EOS (stable order by rank).
+    order = jnp.argsort(jnp.where(is_final, 2 * k, 0) + jnp.arange(2 * k), axis=1)[:, :k]
+    parent = jnp.take_along_axis(cand_rows, order, axis=1).reshape(-1)  # (B*K,)
+    chosen = jnp.take_along_axis(cand_tokens, order, axis=1).reshape(-1)
+    chosen_scores = jnp.take_along_axis(cand_scores, order, axis=1).reshape(-1)
+    tokens = s.tokens[parent].at[:, t + 1].set(chosen)
+    cumulative = s.cumulative[parent].at[:, t].set(chosen_scores)
+    invariant = {name: getattr(cache, name) for name in _BEAM_INVARIANT_CACHE_FIELDS}
+    cache = cache.gather(parent).replace(**invariant)  # the gathers of invariant fields are dead code
+    constraint_state = s.constraint_state
+    if constraint is not None:
+        constraint_state = constraint.advance(jax.tree.map(lambda a: a[parent], constraint_state), chosen)
+
+    alive = jnp.any(jnp.isfinite(chosen_scores.reshape(batch, k)), axis=1)
+    done = s.done | (final_count >= k) | (t >= max_len) | ~alive
+    return s.replace(
+        step=t + 1,
+        tokens=tokens,
+        cumulative=cumulative,
+        cache=cache,
+        constraint_state=constraint_state,
+        final_tokens=jnp.where(filled[:, :, None], new_tokens, s.final_tokens),
+        final_cumulative=jnp.where(filled[:, :, None], new_cumulative, s.final_cumulative),
+        final_scores=jnp.where(filled, normalised, s.final_scores),
+        final_lengths=jnp.where(filled, t + 1, s.final_lengths),
+        final_count=final_count,
+        done=done,
+    )
+
+
+def _collect(s: _SearchState) -> BeamResult:
+    """Spec §14.2 step 4: sort each sentence's finalised hypotheses by normalised score, best first
+    (a stable sort, so ties keep finalisation order; empty slots, -inf, go last)."""
+    order = jnp.argsort(-s.final_scores, axis=1, stable=True)
+    take = functools.partial(jnp.take_along_axis, indices=order, axis=1)
+    cumulative = jnp.take_along_axis(s.final_cumulative, order[:, :, None], axis=1)
+    lengths = take(s.final_lengths)
+    # Per-token log-probs as the original computes them: differences of the cumulative scores.
+    previous = jnp.pad(cumulative[:, :, :-1], ((0, 0), (0, 0), (1, 0)))
+    in_answer = jnp.arange(cumulative.shape[-1]) < lengths[:, :, None]
+    return BeamResult(
+        tokens=jnp.take_along_axis(s.final_tokens, order[:, :, None], axis=1),
+        scores=take(s.final_scores),
+        lengths=lengths,
+        token_scores=jnp.where(in_answer, cumulative - previous, 0.0),
+        finished=take(s.final_lengths) > 0,
+        steps=s.step,
+    )
