@@ -84,6 +84,7 @@ def evaluate(
     max_report_len: int = 96,
 ) -> dict[str, Any]:
     """Scores of `model` on `eval_set` (at most `per_task` examples per task), flat {name: number}."""
+    max_report_len = min(max_report_len, model.cfg.max_target_positions - 1)  # BOS takes one position
     graphdef, state = nnx.split(model)
     by_task: dict[Task, list[EvalExample]] = collections.defaultdict(list)
     for example in eval_set:
