@@ -18,6 +18,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "metrics": ("imtcxr_jax.evaluation.cli", "score reports and label them CheXpert-style"),
     "train": ("imtcxr_jax.train.cli", "train or resume a model in a workdir"),
     "eval": ("imtcxr_jax.evaluate", "score a trained workdir on held-out data"),
+    "analyze": ("imtcxr_jax.analyze", "run the four-task evidence workflow on images"),
 }
 
 
