@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -35,6 +36,7 @@ from imtcxr_jax.tasks.common import Task, Unparseable
 from imtcxr_jax.text.tokenizer import BOS_ID, Tokenizer
 
 HEADLINE_LABELS = ("cardiomegaly", "pleural effusion", "pneumothorax")
+log = logging.getLogger(__name__)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -183,8 +185,18 @@ def evaluate(
 def evaluate_during_training(
     graphdef, state, eval_set: EvalSet, tokenizer: Tokenizer, config
 ) -> dict[str, Any]:
-    """The loop's hook: the train state's current parameters in inference mode."""
-    model = nnx.merge(graphdef, state.params, state.model_state)
+    """The loop's hook: the train state's current parameters in inference mode, on one device.
+
+    Decoding runs on a single device: XLA's CPU backend aborts compiling the beam search's top-k barrier over
+    parameters sharded across devices, and held-out evaluation is small. In a multi-host run the parameters
+    are not all addressable from one process, so evaluation is skipped there (run `imtcxr eval` afterwards).
+    """
+    if jax.process_count() > 1:
+        log.warning("held-out evaluation is skipped in multi-host runs; run `imtcxr eval` on the workdir")
+        return {}
+    single = jax.devices()[0]
+    params, model_state = jax.device_put((state.params, state.model_state), single)
+    model = nnx.merge(graphdef, params, model_state)
     return evaluate(
         model, eval_set, tokenizer, per_task=config.eval_examples_per_task, beam_size=config.beam_size,
         max_report_len=config.data.max_tgt_len,

@@ -13,12 +13,26 @@ def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="imtcxr train", description=__doc__)
     parser.add_argument("--config", required=True, help="experiment file, e.g. configs/phantom_tiny.py")
     parser.add_argument("--workdir", required=True, help="run folder; an existing one is resumed")
+    # Multi-host (imtcxr_jax/train/distributed.py): all three or none; SLURM and Cloud TPU need none.
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0, for a multi-process run")
+    parser.add_argument("--num-processes", type=int, help="processes in the run")
+    parser.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
     args, overrides = parser.parse_known_args(argv)
     try:
         config = load_config(args.config, overrides)
     except ValueError as error:
         parser.error(str(error))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: importing orbax already configured the root logger (absl calls basicConfig), at WARNING
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    from imtcxr_jax.train import distributed
+
+    # Before anything touches a device: joining a multi-host run must precede JAX's backend start-up.
+    try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as error:
+        parser.error(str(error))
     from imtcxr_jax.evaluate import evaluate_during_training
     from imtcxr_jax.train.loop import train
 

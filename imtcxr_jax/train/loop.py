@@ -28,6 +28,7 @@ from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.sharding import make_mesh
 from imtcxr_jax.text.tokenizer import OfaTokenizer, Tokenizer, load_tokenizer
 from imtcxr_jax.train.checkpoint import Checkpointer
+from imtcxr_jax.train.distributed import any_process, is_primary, primary_first
 from imtcxr_jax.train.experiment import config_to_json
 from imtcxr_jax.train.logging_utils import MetricsWriter, plot_training_curve
 from imtcxr_jax.train.optimizer import make_optimizer
@@ -121,15 +122,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     """Train until config.total_steps (resuming from the workdir's checkpoints) and return the last metrics."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_to_json(config))
+    if is_primary():  # the workdir is shared by all processes of a multi-host run; one writes
+        (workdir / "config.json").write_text(config_to_json(config))
 
-    train_dir, eval_dir = prepare_data(config, workdir)
-    train_records, rejected = load_records(train_dir)
-    if rejected.counts:
-        log.warning("training data %s: %s", train_dir, rejected.summary())
-    tokenizer = prepare_tokenizer(config, workdir, train_records)
+    # Process 0 generates the phantoms and trains the tokenizer while the others wait; they then find both.
+    with primary_first("workdir set-up"):
+        train_dir, eval_dir = prepare_data(config, workdir)
+        train_records, rejected = load_records(train_dir)
+        if rejected.counts:
+            log.warning("training data %s: %s", train_dir, rejected.summary())
+        tokenizer = prepare_tokenizer(config, workdir, train_records)
     cfg = model_config(config, tokenizer)
-    (workdir / "model.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if is_primary():
+        (workdir / "model.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     mesh = make_mesh(resolve_mesh_shape(config.mesh, jax.device_count()))
     data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -168,7 +173,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     writer = MetricsWriter(workdir)
     sharding = batch_sharding(mesh)
     last: dict[str, Any] = {}
-    progress = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps, desc="train")
+    progress = tqdm(
+        range(start, config.total_steps),
+        initial=start,
+        total=config.total_steps,
+        desc="train",
+        disable=not is_primary(),
+    )
     try:
         for step in progress:
             batch = _global_batch(next(data_iter), sharding)
@@ -187,10 +198,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
                 progress.set_postfix(loss=f"{loss:.3f}")
             if evaluate_fn is not None and eval_set is not None and done % config.eval_every == 0:
                 scores = evaluate_fn(graphdef, state, eval_set, tokenizer, config)
-                writer.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
-            if done % config.checkpoint_every == 0 or done == config.total_steps or stop.requested:
+                if scores:
+                    writer.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
+            stopping = any_process(stop.requested)  # all processes stop (and save together) at one step
+            if done % config.checkpoint_every == 0 or done == config.total_steps or stopping:
                 checkpoints.save(done, state, data_iter, force=True)
-            if stop.requested:
+            if stopping:
                 log.warning("SIGTERM: saved step %d, exiting", done)
                 break
     finally:

@@ -128,7 +128,9 @@ def train_step(
         first = jax.tree.map(lambda x: x[0], (micro, keys))
         (grads, model_state), per_example = accumulate((zeros, state.model_state), first)
     else:
-        (grads, model_state), per_example = jax.lax.scan(accumulate, (zeros, state.model_state), (micro, keys))
+        (grads, model_state), per_example = jax.lax.scan(
+            accumulate, (zeros, state.model_state), (micro, keys)
+        )
     per_example = per_example.reshape(batch_size)
     tokens = jnp.sum(batch["target"] != PAD_ID)
     grads = jax.tree.map(lambda g: g / (scale * jnp.maximum(tokens, 1)), grads)
