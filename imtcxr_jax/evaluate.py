@@ -88,9 +88,16 @@ def evaluate(
     """Scores of `model` on `eval_set` (at most `per_task` examples per task), flat {name: number}."""
     max_report_len = min(max_report_len, model.cfg.max_target_positions - 1)  # BOS takes one position
     graphdef, state = nnx.split(model)
+    # At most `per_task` questions per task; presence questions are asked about every label, so there the
+    # limit counts images (AUC needs every label's score on the same images).
     by_task: dict[Task, list[EvalExample]] = collections.defaultdict(list)
+    presence_records: set[int] = set()
     for example in eval_set:
-        if per_task is None or len(by_task[example.task]) < per_task:
+        if example.task is Task.PRESENCE:
+            if per_task is None or example.ref.record in presence_records or len(presence_records) < per_task:
+                presence_records.add(example.ref.record)
+                by_task[example.task].append(example)
+        elif per_task is None or len(by_task[example.task]) < per_task:
             by_task[example.task].append(example)
     scores: dict[str, Any] = {}
     vocab = model.cfg.vocab_size
