@@ -10,6 +10,10 @@ from typing import Any
 
 import jax
 
+# The held-out scores drawn (one per task, and the constant-answer yardsticks); metrics.jsonl keeps them all.
+EVAL_CURVES = ("eval/auc_headline", "eval/box_miou", "eval/box_miou_mean_box", "eval/dice", "eval/dice_mean_polygon",
+               "eval/ce_f1")  # fmt: skip
+
 
 class MetricsWriter:
     """Appends to W/metrics.jsonl and W/tensorboard/ (only on process 0 of a multi-host run)."""
@@ -59,7 +63,11 @@ def plot_training_curve(metrics_path: Path, out_path: Path) -> Path | None:
     series: dict[str, dict[int, float]] = {}
     for row in rows:
         for key, value in row.items():
-            if key != "step" and isinstance(value, int | float) and (key.startswith(("loss", "eval/"))):
+            if (
+                key != "step"
+                and isinstance(value, int | float)
+                and (key.startswith("loss") or key in EVAL_CURVES)
+            ):
                 series.setdefault(key, {})[int(row["step"])] = float(value)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for key, points in sorted(series.items()):
