@@ -1,5 +1,7 @@
 """The train step: loss against a brute-force reference, sharded steps equal to one device, loss scaling."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -116,7 +118,10 @@ def test_loss_scale_grows_after_a_period_of_good_steps():
 
 
 def test_huge_config_state_is_built_abstractly_on_fake_devices():
-    config = load_config("configs/imtcxr_huge.py", ["--config.model.dtype=float16", "--config.mesh=(1,8,1)"])
+    config = load_config(
+        Path(__file__).parents[2] / "configs" / "imtcxr_huge.py",
+        ["--config.model.dtype=float16", "--config.mesh=(1,8,1)"],
+    )
     cfg = ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": 59457})
     mesh = make_mesh((1, 8, 1))  # one 8 x V100 node, fully sharded
     abstract, _ = abstract_sharded_state(cfg, make_optimizer(config), mesh)
