@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+
 def cpu_count() -> int:
     """Cores this process may run on (the affinity mask, which can be smaller than os.cpu_count())."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
