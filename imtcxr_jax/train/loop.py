@@ -120,6 +120,8 @@ def model_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Mod
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn=None) -> dict[str, Any]:
     """Train until config.total_steps (resuming from the workdir's checkpoints) and return the last metrics."""
+    if config.nan_policy not in ("error", "skip"):
+        raise ValueError(f"config.nan_policy: got {config.nan_policy!r}, expected 'error' or 'skip'")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if is_primary():  # the workdir is shared by all processes of a multi-host run; one writes
