@@ -81,24 +81,38 @@ def bleu(references: References, hypotheses: Sequence[str], max_n: int = 4) -> l
     Returns:
       [BLEU-1, ..., BLEU-max_n].
     """
+    return bleu_from_statistics(bleu_statistics(references, hypotheses, max_n).sum(axis=0), max_n)
+
+
+def bleu_statistics(references: References, hypotheses: Sequence[str], max_n: int = 4) -> np.ndarray:
+    """Per item, the counts corpus BLEU sums: (n_items, 2 max_n + 2) int64 rows of clipped matches for
+    n = 1..max_n, candidate n-grams for n = 1..max_n, the hypothesis length and the closest reference length.
+    A bootstrap replicate's BLEU is `bleu_from_statistics` of the sum of its rows."""
     ref_lists = _as_reference_lists(references, len(hypotheses))
-    matches = [0] * max_n
-    candidates = [0] * max_n
-    hyp_length = 0
-    ref_length = 0
-    for refs, hyp in zip(ref_lists, hypotheses, strict=True):
+    rows = np.zeros((len(hypotheses), 2 * max_n + 2), dtype=np.int64)
+    for row, refs, hyp in zip(rows, ref_lists, hypotheses, strict=True):
         hyp_tokens = hyp.split()
         ref_tokens = [ref.split() for ref in refs]
         max_ref_counts: Counter[tuple[str, ...]] = Counter()
         for tokens in ref_tokens:
             max_ref_counts |= _ngram_counts(tokens, max_n)  # | keeps the maximum count per n-gram
         for gram, count in _ngram_counts(hyp_tokens, max_n).items():
-            matches[len(gram) - 1] += min(count, max_ref_counts[gram])
+            row[len(gram) - 1] += min(count, max_ref_counts[gram])
         for n in range(1, max_n + 1):
-            candidates[n - 1] += max(0, len(hyp_tokens) - n + 1)
-        hyp_length += len(hyp_tokens)
-        ref_length += min((abs(len(tokens) - len(hyp_tokens)), len(tokens)) for tokens in ref_tokens)[1]
+            row[max_n + n - 1] = max(0, len(hyp_tokens) - n + 1)
+        row[2 * max_n] = len(hyp_tokens)
+        closest = min((abs(len(tokens) - len(hyp_tokens)), len(tokens)) for tokens in ref_tokens)
+        row[2 * max_n + 1] = closest[1]
+    return rows
 
+
+def bleu_from_statistics(totals: Sequence[int] | np.ndarray, max_n: int = 4) -> list[float]:
+    """[BLEU-1, ..., BLEU-max_n] from corpus totals of `bleu_statistics` (its rows summed)."""
+    totals = [int(value) for value in totals]
+    if len(totals) != 2 * max_n + 2:
+        raise ValueError(f"expected {2 * max_n + 2} BLEU statistics for max_n={max_n}, got {len(totals)}")
+    matches, candidates = totals[:max_n], totals[max_n : 2 * max_n]
+    hyp_length, ref_length = totals[2 * max_n], totals[2 * max_n + 1]
     scores = []
     product = 1.0
     for n in range(max_n):
