@@ -144,6 +144,7 @@ class Item:
     load: Callable[[], EncodedImage] | None = None
     # Optional check run on the loaded image (e.g. a stated size); raises BadRow.
     check: Callable[[EncodedImage], None] | None = None
+    families: tuple[str, ...] | None = None  # default: the builder's FAMILIES
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -440,6 +441,12 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 log_.report.rows += 1
                 log_.reject(item.reason, item.where, item.message)
                 continue
+            if item.load is None and not (manual_dir / item.image).is_file():
+                log_.report.rows += 1
+                log_.reject(
+                    "missing_image", item.where, f"image file {manual_dir / item.image} does not exist"
+                )
+                continue
             if item.key in keys:
                 log_.report.rows += 1
                 log_.reject("bad_field", item.where, f"image {item.key!r} also appears at {keys[item.key]}")
@@ -480,7 +487,7 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             split=split,
             key=item.key,
             patient=item.patient,
-            families=list(self.FAMILIES),
+            families=list(item.families or self.FAMILIES),
             source=item.where,
             image=item.image,
             extras=item.extras,
@@ -489,7 +496,14 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {"key": item.key, "image": image.data, "image_format": image.format, "record": text}, row
 
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
-        super().download_and_prepare(*args, **kwargs)
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        except AssertionError as error:  # TFDS refuses a split without examples
+            if "No examples were yielded" not in str(error) or self.build_log is None:
+                raise
+            raise ValueError(
+                f"{self.name}: a split has no image left after rejects ({error}):\n{self.build_log.summary()}"
+            ) from None
         if self.build_log is None:  # already built: nothing generated in this call
             return
         folder = Path(self.data_dir)

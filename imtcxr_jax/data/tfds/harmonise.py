@@ -140,8 +140,11 @@ LABELS = _table(
         "rsna_pneumonia": _table({"1": "pneumonia", "0": "no finding"}),
         # SIIM: a mask is a pneumothorax.
         "siim": _table({"pneumothorax": "pneumothorax"}),
-        # IMT-CXR TSVs already use the 26 names (any capitalisation); the table is the vocabulary itself.
-        "imtcxr_tsv": _table({name: name for name in classification.DISEASES + EXTRA_DISEASES}),
+        # IMT-CXR TSVs use the 26 names (any capitalisation; looked up lower-cased); attribute rows say "effusion".
+        "imtcxr_tsv": _table(
+            {name: name for name in classification.DISEASES + EXTRA_DISEASES}
+            | {"effusion": "pleural effusion"}
+        ),
     }
 )
 

@@ -74,3 +74,17 @@ def write_csv(path: Path, lines: list[str]) -> Path:
 def disk(cx: float, cy: float, r: float, shape: tuple[int, int]) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
+
+
+def build_and_read(name: str, manual_dir: Path, out_dir: Path, **kwargs):
+    """Build ``name`` and return (records by key over all splits, build log)."""
+    from imtcxr_jax.data import tfds as cxr_tfds
+
+    folder, log = cxr_tfds.build(name, manual_dir, out_dir, progress=False, **kwargs)
+    records = {}
+    for path in folder.glob("records-*.jsonl"):
+        split = path.name[len("records-") : -len(".jsonl")]
+        part, report = cxr_tfds.read_records(out_dir, name, split)
+        assert report.rejected == 0
+        records.update({record.key: record for record in part})
+    return records, log
