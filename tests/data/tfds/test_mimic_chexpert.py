@@ -8,20 +8,24 @@ CHEXPERT_COLUMNS = (
     "Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,"
     "No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices"
 )
-REPORT = """                                 FINAL REPORT
- EXAMINATION:  CHEST (PA AND LAT)
-
- INDICATION:  ___ with cough
-
- FINDINGS:
- 
- There is a small left pleural effusion.  The heart is mildly
- enlarged.
- 
- IMPRESSION:
- 
- Small left effusion.  Mild cardiomegaly.
-"""
+REPORT = "\n".join(
+    [
+        "                                 FINAL REPORT",
+        " EXAMINATION:  CHEST (PA AND LAT)",
+        "",
+        " INDICATION:  ___ with cough",
+        "",
+        " FINDINGS:",
+        " ",  # MIMIC reports hold lines of one space
+        " There is a small left pleural effusion.  The heart is mildly",
+        " enlarged.",
+        " ",
+        " IMPRESSION:",
+        " ",
+        " Small left effusion.  Mild cardiomegaly.",
+        "",
+    ]
+)
 
 
 def _cells(**values):
