@@ -17,6 +17,10 @@ def base_config(model_size: str = "micro") -> ml_collections.ConfigDict:
     c.model_size = model_size
     c.model = ml_collections.ConfigDict(get_model_config(model_size).to_dict())
 
+    # Initial weights: "" (random) or a converted checkpoint folder (`imtcxr convert from-ofa|resnet --out DIR`);
+    # its architecture must match config.model. Read only when the workdir has no checkpoint yet.
+    c.init_from = ""
+
     # Tokenizer: "trained" (byte-level BPE trained on the training texts; the offline default) or "ofa".
     c.tokenizer = ml_collections.ConfigDict({"kind": "trained", "vocab_size": 2048, "bpe_dir": ""})
 

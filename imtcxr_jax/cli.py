@@ -19,6 +19,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "train": ("imtcxr_jax.train.cli", "train or resume a model in a workdir"),
     "eval": ("imtcxr_jax.evaluate", "score a trained workdir on held-out data"),
     "analyze": ("imtcxr_jax.analyze", "run the four-task evidence workflow on images"),
+    "convert": ("imtcxr_jax.convert.cli", "convert checkpoints: OFA / IMT-CXR fairseq <-> ours, ResNet"),
 }
 
 

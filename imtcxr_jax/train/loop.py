@@ -86,6 +86,13 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path, records)
     path = workdir / "tokenizer.json"
     if path.exists():
         return load_tokenizer(path, bpe_dir=config.tokenizer.bpe_dir or None)
+    if config.get("init_from") and (Path(config.init_from) / "tokenizer.json").is_file():
+        # Training from a converted checkpoint: its ids are the rows of its embedding.
+        tokenizer = load_tokenizer(
+            Path(config.init_from) / "tokenizer.json", bpe_dir=config.tokenizer.bpe_dir or None
+        )
+        tokenizer.save(path)
+        return tokenizer
     if config.tokenizer.kind == "ofa":
         tokenizer = OfaTokenizer(config.tokenizer.bpe_dir)
     elif config.tokenizer.kind == "trained":
@@ -165,6 +172,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     if restored is not None:
         state, start = restored
         log.info("resumed from step %d of %s", start, workdir / "checkpoints")
+    elif config.get("init_from"):  # a fresh run initialised from a converted checkpoint; optimizer fresh
+        from imtcxr_jax.convert.model_dir import load_into_train_state
+
+        params, model_state = load_into_train_state(config.init_from, cfg, state.params, state.model_state)
+        state = state.replace(params=params, model_state=model_state)
+        log.info("initialised the model from %s", config.init_from)
 
     eval_set = None
     if evaluate_fn is not None and config.eval_every > 0:
@@ -263,23 +276,32 @@ class _StopFlag:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_trained_model(workdir: str | Path, step: int | None = None):
-    """(model, tokenizer, config, step) from a training workdir: its newest readable checkpoint (or `step`),
-    restored on one device for inference."""
+def load_trained_model(workdir: str | Path, step: int | None = None, *, bpe_dir: str | Path | None = None):
+    """(model, tokenizer, config, step) from a training workdir (its newest readable checkpoint, or `step`)
+    or from a converted checkpoint folder (`imtcxr convert`, step 0), restored on one device for inference.
+    `bpe_dir` overrides the OFA BPE folder recorded in the tokenizer description."""
     from flax import nnx
 
+    from imtcxr_jax.convert.model_dir import is_converted_dir, load_converted
     from imtcxr_jax.models.imtcxr import IMTCXR
     from imtcxr_jax.train.experiment import config_from_json
     from imtcxr_jax.train.partition import abstract_sharded_state
 
     workdir = Path(workdir)
+    if is_converted_dir(workdir):
+        if step not in (None, 0):
+            raise ValueError(f"{workdir}: a converted checkpoint has only step 0, not {step}")
+        return load_converted(workdir, bpe_dir=bpe_dir)
     for name in ("config.json", "model.json", "tokenizer.json"):
         if not (workdir / name).is_file():
             raise ValueError(
-                f"{workdir}: missing {name}; expected a training workdir (imtcxr train --workdir)"
+                f"{workdir}: missing {name}; expected a training workdir (imtcxr train --workdir) or a "
+                "converted checkpoint (imtcxr convert)"
             )
     config = config_from_json((workdir / "config.json").read_text())
-    tokenizer = load_tokenizer(workdir / "tokenizer.json", bpe_dir=config.tokenizer.bpe_dir or None)
+    tokenizer = load_tokenizer(
+        workdir / "tokenizer.json", bpe_dir=bpe_dir or config.tokenizer.bpe_dir or None
+    )
     cfg = ModelConfig.from_dict(json.loads((workdir / "model.json").read_text()))
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     abstract, _ = abstract_sharded_state(cfg, make_optimizer(config), mesh, config.seed)
