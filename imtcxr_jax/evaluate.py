@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 from typing import Any
@@ -75,6 +76,93 @@ def _decode_texts(
     return texts
 
 
+# --- Model answers per task, shared by `evaluate` and `evaluate_suite` ----------------------------------------
+
+
+def presence_probabilities(
+    model: IMTCXR, examples: list[EvalExample], eval_set: EvalSet, tokenizer: Tokenizer, batch_size: int
+) -> np.ndarray:
+    """P(" yes") / (P(" yes") + P(" no")) of the first answer token of each presence question."""
+    if not examples:
+        return np.zeros(0)
+    graphdef, state = nnx.split(model)
+    yes, no = tokenizer.encode(" yes")[0], tokenizer.encode(" no")[0]
+    probabilities = []
+    for chunk, src, images in _batches(examples, eval_set, batch_size):
+        lp = np.asarray(_first_token_log_probs(graphdef, state, src, images))[: len(chunk)]
+        probabilities += list(1.0 / (1.0 + np.exp(lp[:, no] - lp[:, yes])))
+    return np.asarray(probabilities, dtype=np.float64)
+
+
+def presence_matrix(
+    examples: list[EvalExample], probabilities: np.ndarray, labels: list[str], records: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, score), each (len(records), len(labels)): the answer and P(yes) per (record, label); score is
+    NaN where no question was asked (e.g. left out for being too long)."""
+    truth = np.zeros((len(records), len(labels)))
+    score = np.full((len(records), len(labels)), np.nan)
+    rows = {record: row for row, record in enumerate(records)}
+    columns = {label: column for column, label in enumerate(labels)}
+    for example, p in zip(examples, probabilities, strict=True):
+        row, col = rows[example.ref.record], columns[example.ref.subject]
+        truth[row, col], score[row, col] = float(example.truth), p
+    return truth, score
+
+
+def predict_boxes(
+    model: IMTCXR, examples: list[EvalExample], eval_set: EvalSet, tokenizer: Tokenizer, batch_size: int,
+    beam_size: int,
+) -> list[np.ndarray | None]:  # fmt: skip
+    """The first box of each answer, (4,) canvas pixels, decoded under the box constraint; None when
+    unparseable."""
+    if not examples:
+        return []
+    graphdef, state = nnx.split(model)
+    texts = _decode_texts(model, graphdef, state, examples, eval_set, tokenizer, batch_size,
+                          BoxConstraint(vocab_size=model.cfg.vocab_size), 5, beam_size)  # fmt: skip
+    predictions = []
+    for example, text in zip(examples, texts, strict=True):
+        size = example.transform.canvas_size
+        parsed = localization.parse_boxes(text, size, size)
+        predictions.append(None if isinstance(parsed, Unparseable) else np.asarray(parsed)[0])
+    return predictions
+
+
+def predict_polygons(
+    model: IMTCXR, examples: list[EvalExample], eval_set: EvalSet, tokenizer: Tokenizer, batch_size: int,
+    beam_size: int,
+) -> list[np.ndarray | None]:  # fmt: skip
+    """Each answer's polygon, (N, 2) canvas pixels with N the reference's point count (the same for every
+    example), decoded under the polygon constraint; None when unparseable."""
+    if not examples:
+        return []
+    graphdef, state = nnx.split(model)
+    points = len(examples[0].truth)
+    texts = _decode_texts(model, graphdef, state, examples, eval_set, tokenizer, batch_size,
+                          PolygonConstraint(vocab_size=model.cfg.vocab_size, num_points=points), 2 * points + 1,
+                          beam_size)  # fmt: skip
+    predictions = []
+    for example, text in zip(examples, texts, strict=True):
+        size = example.transform.canvas_size
+        parsed = segmentation.parse_polygon(text, size, size, num_points=points)
+        predictions.append(None if isinstance(parsed, Unparseable) else np.asarray(parsed))
+    return predictions
+
+
+def generate_reports(
+    model: IMTCXR, examples: list[EvalExample], eval_set: EvalSet, tokenizer: Tokenizer, batch_size: int,
+    beam_size: int, max_report_len: int,
+) -> list[str]:  # fmt: skip
+    """The generated report of each report question (no-repeat-trigram, at most `max_report_len` tokens, capped
+    at the decoder's positions)."""
+    if not examples:
+        return []
+    max_report_len = min(max_report_len, model.cfg.max_target_positions - 1)  # BOS takes one position
+    graphdef, state = nnx.split(model)
+    return _decode_texts(model, graphdef, state, examples, eval_set, tokenizer, batch_size, None,
+                         max_report_len, beam_size)  # fmt: skip
+
+
 def evaluate(
     model: IMTCXR,
     eval_set: EvalSet,
@@ -86,8 +174,6 @@ def evaluate(
     max_report_len: int = 96,
 ) -> dict[str, Any]:
     """Scores of `model` on `eval_set` (at most `per_task` examples per task), flat {name: number}."""
-    max_report_len = min(max_report_len, model.cfg.max_target_positions - 1)  # BOS takes one position
-    graphdef, state = nnx.split(model)
     # At most `per_task` questions per task; presence questions are asked about every label, so there the
     # limit counts images (AUC needs every label's score on the same images).
     by_task: dict[Task, list[EvalExample]] = collections.defaultdict(list)
@@ -100,23 +186,14 @@ def evaluate(
         elif per_task is None or len(by_task[example.task]) < per_task:
             by_task[example.task].append(example)
     scores: dict[str, Any] = {}
-    vocab = model.cfg.vocab_size
 
     # Classification: P(yes) of presence questions -> AUC per label.
     presence = by_task.get(Task.PRESENCE, [])
     if presence:
-        yes, no = tokenizer.encode(" yes")[0], tokenizer.encode(" no")[0]
-        probabilities = []
-        for chunk, src, images in _batches(presence, eval_set, batch_size):
-            lp = np.asarray(_first_token_log_probs(graphdef, state, src, images))[: len(chunk)]
-            probabilities += list(1.0 / (1.0 + np.exp(lp[:, no] - lp[:, yes])))
+        probabilities = presence_probabilities(model, presence, eval_set, tokenizer, batch_size)
         labels = sorted({e.ref.subject for e in presence})
         records = sorted({e.ref.record for e in presence})
-        truth = np.zeros((len(records), len(labels)))
-        score = np.full((len(records), len(labels)), np.nan)
-        for example, p in zip(presence, probabilities, strict=True):
-            row, col = records.index(example.ref.record), labels.index(example.ref.subject)
-            truth[row, col], score[row, col] = float(example.truth), p
+        truth, score = presence_matrix(presence, probabilities, labels, records)
         known = ~np.isnan(score)
         auc = metrics.multilabel_auc(truth, np.nan_to_num(score), mask=known, class_names=labels)
         f1 = metrics.multilabel_f1(
@@ -134,16 +211,10 @@ def evaluate(
     # Localization: one greedy box per question.
     boxes = by_task.get(Task.BOX, [])
     if boxes:
-        texts = _decode_texts(model, graphdef, state, boxes, eval_set, tokenizer, batch_size,
-                              BoxConstraint(vocab_size=vocab), 5, beam_size)  # fmt: skip
-        predictions, truths, means = [], [], {}
+        predictions = predict_boxes(model, boxes, eval_set, tokenizer, batch_size, beam_size)
+        truths, means = [np.asarray(example.truth) for example in boxes], {}
         for example in boxes:
             means.setdefault(example.ref.subject, []).append(np.asarray(example.truth, float).mean(axis=0))
-        for example, text in zip(boxes, texts, strict=True):
-            size = example.transform.canvas_size
-            parsed = localization.parse_boxes(text, size, size)
-            predictions.append(None if isinstance(parsed, Unparseable) else np.asarray(parsed)[0])
-            truths.append(np.asarray(example.truth))
         ours = metrics.box_accuracy(predictions, truths)
         constant = metrics.box_accuracy([np.mean(means[e.ref.subject], axis=0) for e in boxes], truths)
         scores |= {"box_acc": ours.accuracy, "box_miou": ours.mean_iou}
@@ -152,17 +223,13 @@ def evaluate(
     # Segmentation: 30-point polygons.
     polygons = by_task.get(Task.SEGMENTATION, [])
     if polygons:
-        points = len(polygons[0].truth)
-        texts = _decode_texts(model, graphdef, state, polygons, eval_set, tokenizer, batch_size,
-                              PolygonConstraint(vocab_size=vocab, num_points=points), 2 * points + 1, beam_size)  # fmt: skip
+        predicted = predict_polygons(model, polygons, eval_set, tokenizer, batch_size, beam_size)
         mean_polygon = collections.defaultdict(list)
         for example in polygons:
             mean_polygon[example.ref.subject].append(np.asarray(example.truth))
         ours, constant = collections.defaultdict(list), collections.defaultdict(list)
-        for example, text in zip(polygons, texts, strict=True):
+        for example, prediction in zip(polygons, predicted, strict=True):
             size = example.transform.canvas_size
-            parsed = segmentation.parse_polygon(text, size, size, num_points=points)
-            prediction = None if isinstance(parsed, Unparseable) else np.asarray(parsed)
             ours[example.ref.subject].append(metrics.polygon_dice(prediction, example.truth, (size, size)))
             mean = np.mean(mean_polygon[example.ref.subject], axis=0)
             constant[example.ref.subject].append(metrics.polygon_dice(mean, example.truth, (size, size)))
@@ -175,8 +242,9 @@ def evaluate(
     # Reports: clinical efficacy through the labeler, plus BLEU-4 / ROUGE-L.
     reports = by_task.get(Task.REPORT, [])
     if reports:
-        hypotheses = _decode_texts(model, graphdef, state, reports, eval_set, tokenizer, batch_size, None,
-                                   max_report_len, beam_size)  # fmt: skip
+        hypotheses = generate_reports(
+            model, reports, eval_set, tokenizer, batch_size, beam_size, max_report_len
+        )
         references = [str(example.truth) for example in reports]
         labeler = CheXpertLabeler()
         ce = metrics.clinical_efficacy(
@@ -210,9 +278,139 @@ def evaluate_during_training(
     )  # fmt: skip
 
 
+def evaluate_suite(
+    model: IMTCXR,
+    tokenizer: Tokenizer,
+    config,
+    suite,
+    *,
+    checkpoint: str = "",
+    step: int | None = None,
+    loaded: dict[str, tuple[list, Any, str]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the paper's protocols (`evaluation.protocols.Suite`) with `model` and score them; the results that
+    `evaluation.tables.write_results` lays out as the paper's tables.
+
+    `config` is the checkpoint's experiment config (its ``data`` section sizes the canvas and the token
+    lengths); `loaded` optionally holds `protocols.read_dataset`'s answer per dataset key (read already, e.g. to
+    fail on a missing folder before the model loads). Coordinates are scored in the original image's pixels.
+    """
+    from tqdm.auto import tqdm
+
+    from imtcxr_jax.data.pipeline import PipelineConfig, make_eval_examples
+    from imtcxr_jax.evaluation import protocols
+
+    bootstrap = protocols.Bootstrap.of(suite)
+    max_report_len = suite.max_report_len or config.data.max_tgt_len
+    # A reference answer is never fed to the model, so its length must not exclude a test case: only the
+    # instruction has to fit (max_src_len); targets get room for any report the pipeline writes (<= 128 words).
+    data_config = PipelineConfig.from_config(config.data)
+    data_config = dataclasses.replace(data_config, max_tgt_len=max(data_config.max_tgt_len, 1024))
+    labeler = None
+    results: dict[str, Any] = {"checkpoint": str(checkpoint), "step": step, "settings": suite.settings()}
+    results["datasets"] = {}
+    bar = tqdm(
+        total=sum(len(spec.protocols) for spec in suite.datasets), desc="protocols", disable=not progress
+    )
+    for spec in suite.datasets:
+        if loaded is not None and spec.key in loaded:
+            records, image_dir, rejected = loaded[spec.key]
+        else:
+            records, image_dir, rejected = protocols.read_dataset(spec, suite.data_dir)
+        eval_set = make_eval_examples(
+            records, image_dir, tokenizer, data_config, families=spec.protocols,
+            labels=spec.labels or None, report_prompts=(spec.report_prompt,),
+        )  # fmt: skip
+        result: dict[str, Any] = {"name": spec.name, "source": spec.source, "split": spec.split}
+        result |= {"n_records": len(records), "rejected": rejected, "skipped": eval_set.report.to_dict()}
+
+        def asked(task: Task, subjects: tuple[str, ...], eval_set=eval_set) -> list[EvalExample]:
+            return [e for e in eval_set if e.task is task and (not subjects or e.ref.subject in subjects)]
+
+        for protocol in spec.protocols:
+            bar.set_postfix_str(f"{spec.key}: {protocol}")
+            if protocol == "classification":
+                presence = asked(Task.PRESENCE, spec.labels)
+                probabilities = presence_probabilities(model, presence, eval_set, tokenizer, suite.batch_size)
+                truth, score = presence_matrix(
+                    presence, probabilities, list(spec.labels), list(range(len(records)))
+                )
+                result[protocol] = protocols.score_classification(
+                    truth, score, spec.labels, suite.threshold, bootstrap
+                )
+            elif protocol == "localization":
+                boxes = asked(Task.BOX, spec.box_labels)
+                if not boxes:
+                    raise protocols.ProtocolError(
+                        f"config.datasets.{spec.key}: no record has a box of {list(spec.box_labels)}"
+                    )
+                predicted = predict_boxes(
+                    model, boxes, eval_set, tokenizer, suite.batch_size, suite.beam_size
+                )
+                predicted = [
+                    None if box is None else e.transform.boxes_from_canvas(box)[0]
+                    for e, box in zip(boxes, predicted, strict=True)
+                ]
+                truths = [records[e.ref.record].boxes(e.ref.subject) for e in boxes]
+                result[protocol] = protocols.score_localization(
+                    predicted, truths, [e.ref.subject for e in boxes], bootstrap
+                )
+            elif protocol == "segmentation":
+                polygons = asked(Task.SEGMENTATION, spec.structures)
+                if not polygons:
+                    raise protocols.ProtocolError(
+                        f"config.datasets.{spec.key}: no record has a polygon of {list(spec.structures)}"
+                    )
+                predicted: list[np.ndarray | None] = [None] * len(polygons)
+                by_points = collections.defaultdict(list)  # one decode (and compilation) per point count
+                for index, example in enumerate(polygons):
+                    by_points[len(example.truth)].append(index)
+                for indices in by_points.values():
+                    group = [polygons[i] for i in indices]
+                    answers = predict_polygons(
+                        model, group, eval_set, tokenizer, suite.batch_size, suite.beam_size
+                    )
+                    for i, answer in zip(indices, answers, strict=True):
+                        predicted[i] = None if answer is None else polygons[i].transform.from_canvas(answer)
+                originals = [records[e.ref.record] for e in polygons]
+                result[protocol] = protocols.score_segmentation(
+                    predicted,
+                    [record.polygons[e.ref.subject] for record, e in zip(originals, polygons, strict=True)],
+                    [e.ref.subject for e in polygons],
+                    [(record.height, record.width) for record in originals],
+                    bootstrap,
+                )
+            elif protocol == "report":
+                reports = asked(Task.REPORT, ())
+                if not reports:
+                    raise protocols.ProtocolError(f"config.datasets.{spec.key}: no record has a report")
+                if labeler is None:
+                    labeler = CheXpertLabeler(suite.phrases_dir or None)
+                hypotheses = generate_reports(
+                    model, reports, eval_set, tokenizer, suite.batch_size, suite.beam_size, max_report_len
+                )
+                result[protocol] = protocols.score_reports(
+                    [str(e.truth) for e in reports], hypotheses, bootstrap, labeler=labeler,
+                    meteor=suite.meteor, tokenizer=suite.ptb_tokenizer,
+                )  # fmt: skip
+                result[protocol]["examples"] = [
+                    {"reference": str(e.truth), "generated": h}
+                    for e, h in zip(reports[:3], hypotheses, strict=False)
+                ]
+            bar.update()
+        results["datasets"][spec.key] = result
+    bar.close()
+    return results
+
+
 def cli_main(argv: list[str]) -> int:
     """`imtcxr eval --checkpoint W [--data DIR] [--per-task N]`: score a training workdir's newest checkpoint
-    on held-out data (default: the workdir's held-out phantoms); prints the scores as a JSON last line."""
+    on held-out data (default: the workdir's held-out phantoms); prints the scores as a JSON last line.
+
+    `imtcxr eval --checkpoint W --config EVAL_CONFIG [--out DIR] [--config.KEY=VALUE ...]`: run the paper's
+    protocols of an evaluation config (configs/eval_paper.py, configs/eval_phantom.py) and write results.md,
+    results.json and ROC-curve PNGs into DIR (default W/eval); the JSON last line names the files."""
     import argparse
     import json
     from pathlib import Path
@@ -226,7 +424,13 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--data", help="a folder in the manifest format (default: WORKDIR/data/eval)")
     parser.add_argument("--per-task", type=int, default=64, help="examples per task (default 64)")
     parser.add_argument("--beam", type=int, default=1)
-    args = parser.parse_args(argv)
+    parser.add_argument("--config", help="an evaluation config (protocol suite), e.g. configs/eval_paper.py")
+    parser.add_argument("--out", help="with --config: where the tables go (default: WORKDIR/eval)")
+    args, overrides = parser.parse_known_args(argv)
+    if args.config is None and (overrides or args.out):
+        parser.error(f"{' '.join(overrides) or '--out'} needs --config (an evaluation config)")
+    if args.config is not None:
+        return _suite_main(args, overrides, parser)
     model, tokenizer, config, step = load_trained_model(args.checkpoint)
     data = Path(args.data) if args.data else Path(args.checkpoint) / "data" / "eval"
     records, rejected = load_records(data)
@@ -241,4 +445,41 @@ def cli_main(argv: list[str]) -> int:
         if isinstance(value, float):
             print(f"{key:>32}: {value:.4f}")
     print(json.dumps({"step": step, **scores}))
+    return 0
+
+
+def _suite_main(args, overrides: list[str], parser) -> int:
+    """The --config branch of `cli_main`: validate the suite and read every dataset before loading the model,
+    so that a bad field or a missing folder fails at once, naming it."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from imtcxr_jax.evaluation import protocols, tables
+    from imtcxr_jax.train.experiment import apply_overrides, load_config_file
+    from imtcxr_jax.train.loop import load_trained_model
+
+    if args.data is not None:
+        parser.error("--data is for the held-out evaluation; with --config set config.datasets.KEY.path")
+    try:
+        suite = protocols.suite_from_config(
+            apply_overrides(load_config_file(args.config), overrides), checkpoint=args.checkpoint
+        )
+        loaded = {spec.key: protocols.read_dataset(spec, suite.data_dir) for spec in suite.datasets}
+    except ValueError as error:  # ProtocolError, and override / config-file errors
+        print(f"imtcxr eval: error: {error}", file=sys.stderr)
+        return 2
+    for key, (records, _, rejected) in loaded.items():
+        print(
+            f"{key}: {len(records)} records" + (f"; rejected: {rejected}" if rejected else ""),
+            file=sys.stderr,
+        )
+    model, tokenizer, config, step = load_trained_model(args.checkpoint)
+    results = evaluate_suite(
+        model, tokenizer, config, suite, checkpoint=args.checkpoint, step=step, loaded=loaded
+    )
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
+    written = tables.write_results(results, out, roc_curves=suite.roc_curves)
+    print(written["markdown"].read_text(encoding="utf-8"))
+    print(json.dumps({"step": step, **{kind: str(path) for kind, path in written.items()}}))
     return 0
