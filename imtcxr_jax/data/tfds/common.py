@@ -411,13 +411,13 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     FAMILIES: tuple[str, ...] = FAMILIES
     HOMEPAGE = ""
     DESCRIPTION = ""
-    disable_shuffling = True  # example k of a split is the k-th generated: records-<split>.jsonl lines up
 
     def __init__(self, *, strict: bool = False, progress: bool = True, **kwargs: Any):
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
         self.strict, self.progress = strict, progress
         self.build_log: BuildLog | None = None
+        self._empty_splits: set[str] = set()
         self._rows: dict[str, list[dict[str, Any]]] = {}
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -426,6 +426,7 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             description=self.DESCRIPTION or (self.__doc__ or "").strip(),
             features=FEATURES,
             homepage=self.HOMEPAGE,
+            disable_shuffling=True,  # example k of a split is the k-th generated (records-<split>.jsonl)
         )
 
     def _items(self, manual_dir: Path) -> Iterator[Item | Rejected]:
@@ -454,6 +455,14 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             keys[item.key] = item.where
             by_split[item.split].append(item)
         self._manual_dir = manual_dir
+        for split in sorted(self._empty_splits & set(by_split)):  # second try: reject them here
+            log_.note(f"split {split} not written: every image rejected")
+            for item in by_split.pop(split):
+                log_.report.rows += 1
+                try:
+                    self._example(item, split)
+                except BadRow as bad:
+                    log_.reject(bad.reason, item.where, bad.message)
         self._rows = {split: [] for split in by_split}
         return {split: self._generate_examples(split, items) for split, items in sorted(by_split.items())}
 
@@ -498,12 +507,14 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
         try:
             super().download_and_prepare(*args, **kwargs)
-        except AssertionError as error:  # TFDS refuses a split without examples
-            if "No examples were yielded" not in str(error) or self.build_log is None:
+        except AssertionError as error:  # TFDS refuses a split without examples: build again without it
+            empty = {
+                split for split, n in (self.build_log.written if self.build_log else {}).items() if n == 0
+            }
+            if "No examples were yielded" not in str(error) or not empty or self._empty_splits:
                 raise
-            raise ValueError(
-                f"{self.name}: a split has no image left after rejects ({error}):\n{self.build_log.summary()}"
-            ) from None
+            self._empty_splits = empty
+            super().download_and_prepare(*args, **kwargs)
         if self.build_log is None:  # already built: nothing generated in this call
             return
         folder = Path(self.data_dir)
