@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from imtcxr_jax.data.tfds import TfdsImages
 from imtcxr_jax.data.pipeline import load_image
+from imtcxr_jax.data.tfds import TfdsImages
 from tests.data.tfds.fixtures import build_and_read, pixels, write_csv, write_dicom, write_jpeg, write_png
 
 

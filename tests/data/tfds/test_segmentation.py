@@ -6,7 +6,7 @@ from PIL import Image
 from imtcxr_jax import geometry
 from imtcxr_jax.data.pipeline import load_image
 from imtcxr_jax.data.tfds import TfdsImages, rle
-from tests.data.tfds.fixtures import build_and_read, disk, pixels, phantom, write_csv, write_dicom, write_png
+from tests.data.tfds.fixtures import build_and_read, disk, phantom, pixels, write_csv, write_dicom, write_png
 
 
 def test_siim(tmp_path):
