@@ -438,6 +438,13 @@ class TrainDataset:
         return iter(self.dataset)
 
 
+def supported_examples(refs: Sequence[ExampleRef], records: Sequence[Record]) -> list[ExampleRef]:
+    """The refs whose record's ground truth supports their family: a record from a built dataset
+    (`data.tfds.DatasetRecord`) names its ``families`` (a segmentation-only dataset has no disease labels, so
+    it must not teach "no finding"); plain records support all."""
+    return [ref for ref in refs if ref.family in getattr(records[ref.record], "families", TASK_FAMILIES)]
+
+
 def _derived_seed(seed: int, purpose: int, family: str) -> int:
     """Independent 32-bit seeds per purpose (shuffle, augment) and family, from the run seed."""
     sequence = np.random.SeedSequence([seed, purpose, TASK_FAMILIES.index(family)])
@@ -480,7 +487,7 @@ def make_train_dataset(
         if weight == 0:
             continue
         refs = enumerate_examples(records, family, seed=seed, evidence_fraction=config.evidence_fraction)
-        refs = screen_examples(refs, maker, family, pipeline_report)
+        refs = screen_examples(supported_examples(refs, records), maker, family, pipeline_report)
         if not refs:
             raise ValueError(
                 f"task family {family!r} has weight {weight} but no examples in the {len(records)} records "
@@ -622,7 +629,7 @@ def make_eval_examples(
             refs = [ref._replace(flag=kind == "evidence") for ref in plain for kind in report_prompts]
         else:
             raise ValueError(f"unknown task family {family!r}; expected one of {TASK_FAMILIES}")
-        for ref in screen_examples(refs, maker, family, pipeline_report):
+        for ref in screen_examples(supported_examples(refs, records), maker, family, pipeline_report):
             transform = maker.fit(ref)
             text, truth = build_sample(records[ref.record], ref, transform)
             src, target = token_ids(tokenizer, text)
