@@ -315,12 +315,12 @@ def resolve_model_config(
             if ours not in inferred:
                 continue
             if options.get(option) is None:  # absent: what the named architecture function would set
-                if named is not None and option.split("_", 1)[-1] in ("layers", "embed_dim", "ffn_embed_dim"):
-                    if getattr(named, ours) != inferred[ours]:
-                        raise CheckpointError(
-                            f"{source}: {where}.arch {arch!r} has {ours} {getattr(named, ours)} but the weights "
-                            f"have {inferred[ours]} ({key})"
-                        )
+                sized = ours in ("embed_dim", "ffn_dim", "encoder_layers", "decoder_layers", "heads")
+                if named is not None and sized and getattr(named, ours) != inferred[ours]:
+                    raise CheckpointError(
+                        f"{source}: {where}.arch {arch!r} has {ours} {getattr(named, ours)} but the weights "
+                        f"have {inferred[ours]} ({key})"
+                    )
                 continue
             if int(options[option]) != inferred[ours]:
                 raise CheckpointError(

@@ -456,6 +456,8 @@ def _materialize(obj: Any, read: Callable[[_StorageRef], np.ndarray], source: st
     def walk(node: Any, where: str) -> Any:
         if id(node) in done:
             return done[id(node)]
+        if isinstance(node, dict | list | argparse.Namespace | _OmegaObject):
+            done[id(node)] = node  # updated in place; marked first, since configs hold cycles (`_parent`)
         if isinstance(node, LazyTensor):
             result = array_of(node, where)
         elif isinstance(node, dict):
