@@ -68,6 +68,10 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         return _phantom_command(args)
     if args.command == "phantom-sheet":
         return _sheet_command(args)
+    if args.command == "build":
+        from imtcxr_jax.data.tfds.cli import build_command
+
+        return build_command(args)
     parser.print_help()
     return 2
 
@@ -102,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     sheet.add_argument(
         "--random", type=_positive_int, metavar="N", help="N sampled studies instead of one per finding"
     )
+    from imtcxr_jax.data.tfds.cli import add_parser as add_build_parser
+
+    add_build_parser(commands)  # build NAME --manual-dir DIR --out DIR: real datasets (data/tfds)
     return parser
 
 

@@ -72,8 +72,7 @@ def fuse(readers: set[str], marks: list[tuple[str, str, list[float] | None]]) ->
 
 
 class VindrCxr(common.CxrBuilder, skip_registration=True):
-    """VinDr-CXR: 18,000 posteroanterior radiographs with local labels boxed by 3 (test: 5, in consensus)
-    radiologists."""
+    """VinDr-CXR: 18,000 PA radiographs with lesions boxed by 3 radiologists (test: a 5-reader consensus)."""
 
     name = NAME
     FAMILIES = ("classification", "localization")
