@@ -311,7 +311,8 @@ class ExampleMaker:
         augment_images: bool,
     ):
         self.records = list(records)
-        self.image_dir = Path(image_dir)
+        # A folder, or an image source with open_image(record.image) -> file (a built dataset: data.tfds.TfdsImages).
+        self.image_dir = image_dir if hasattr(image_dir, "open_image") else Path(image_dir)
         self.tokenizer = tokenizer
         self.config = config
         self.augment_images = augment_images
@@ -333,9 +334,10 @@ class ExampleMaker:
     def sample(self, ref: ExampleRef, rng: np.random.Generator | None = None) -> Sample:
         """Read and (with ``rng`` and augmentation on) jitter the image, then build text and arrays."""
         record = self.records[ref.record]
-        path = self.image_dir / record.image
+        opened = hasattr(self.image_dir, "open_image")
+        path = record.image if opened else self.image_dir / record.image
         try:
-            pixels = load_image(path)
+            pixels = load_image(self.image_dir.open_image(path) if opened else path)
         except OSError as error:
             raise OSError(f"{record.where}: cannot read image {path} ({error})") from error
         config = self.config
