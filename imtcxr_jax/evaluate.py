@@ -325,17 +325,29 @@ def evaluate_suite(
         result: dict[str, Any] = {"name": spec.name, "source": spec.source, "split": spec.split}
         result |= {"n_records": len(records), "rejected": rejected, "skipped": eval_set.report.to_dict()}
 
-        def asked(task: Task, subjects: tuple[str, ...], eval_set=eval_set) -> list[EvalExample]:
-            return [e for e in eval_set if e.task is task and (not subjects or e.ref.subject in subjects)]
+        def asked(
+            task: Task, subjects: tuple[str, ...], eval_set=eval_set, records=records
+        ) -> list[EvalExample]:
+            """The questions of `task` about `subjects`, on records whose dataset has that ground truth."""
+            return [
+                e
+                for e in eval_set
+                if e.task is task
+                and (not subjects or e.ref.subject in subjects)
+                and protocols.supports(records[e.ref.record], e.family)
+            ]
 
         for protocol in spec.protocols:
             bar.set_postfix_str(f"{spec.key}: {protocol}")
             if protocol == "classification":
+                rows = [i for i, record in enumerate(records) if protocols.supports(record, protocol)]
+                if not rows:
+                    raise protocols.ProtocolError(
+                        f"config.datasets.{spec.key}.protocols: its records have no classification ground truth"
+                    )
                 presence = asked(Task.PRESENCE, spec.labels)
                 probabilities = presence_probabilities(model, presence, eval_set, tokenizer, suite.batch_size)
-                truth, score = presence_matrix(
-                    presence, probabilities, list(spec.labels), list(range(len(records)))
-                )
+                truth, score = presence_matrix(presence, probabilities, list(spec.labels), rows)
                 result[protocol] = protocols.score_classification(
                     truth, score, spec.labels, suite.threshold, bootstrap
                 )

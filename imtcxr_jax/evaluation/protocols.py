@@ -280,14 +280,15 @@ def suite_from_config(config: ml_collections.ConfigDict, checkpoint: str | Path 
 # Where records come from
 
 
-def read_dataset(spec: DatasetSpec, data_dir: str | Path = "") -> tuple[list[Any], Path, str]:
-    """(records, image folder, what was rejected) of one test set: the one place that switches on the source.
+def read_dataset(spec: DatasetSpec, data_dir: str | Path = "") -> tuple[list[Any], Any, str]:
+    """(records, image source, what was rejected) of one test set: the one place that switches on the source.
 
-    * manifest: `sources.load_records` of the folder (relative paths under `data_dir`); bad rows are counted
-      and summarised, never silently dropped.
-    * tfds: ``imtcxr_jax.data.tfds.read_records(data_dir, tfds_name, split)``, which returns either
-      ``(records, image_folder)`` or records whose ``image`` paths are absolute or relative to `data_dir`.
-    The first ``spec.limit`` records are kept when a limit is set.
+    * manifest: `sources.load_records` of the folder (relative paths under `data_dir`); the image source is
+      the folder.
+    * tfds: ``imtcxr_jax.data.tfds.read_records(data_dir, tfds_name, split)`` -> (records, reject report); the
+      image source is ``imtcxr_jax.data.tfds.TfdsImages(data_dir)`` (the stored image bytes).
+    Bad rows are counted and summarised, never silently dropped. The first ``spec.limit`` records are kept
+    when a limit is set.
     """
     field = f"config.datasets.{spec.key}"
     rejected = ""
@@ -311,21 +312,22 @@ def read_dataset(spec: DatasetSpec, data_dir: str | Path = "") -> tuple[list[Any
                 f"{field}.source: 'tfds' needs imtcxr_jax.data.tfds.read_records, which cannot be imported "
                 f"({error}); build the dataset into a manifest folder and set source='manifest' instead"
             ) from None
-        if not hasattr(reader, "read_records"):
-            raise ProtocolError(
-                f"{field}.source: imtcxr_jax.data.tfds has no read_records(data_dir, name, split)"
-            )
+        for name in ("read_records", "TfdsImages"):
+            if not hasattr(reader, name):
+                raise ProtocolError(
+                    f"{field}.source: 'tfds' needs imtcxr_jax.data.tfds.{name}, which is missing"
+                )
         try:
-            result = reader.read_records(str(data_dir), spec.tfds_name, spec.split)
+            records, report = reader.read_records(str(data_dir), spec.tfds_name, spec.split)
         except (FileNotFoundError, ValueError, KeyError) as error:
             raise ProtocolError(
                 f"{field}: cannot read TFDS dataset {spec.tfds_name!r} split {spec.split!r} under {data_dir}: "
                 f"{error}"
             ) from None
-        if isinstance(result, tuple) and len(result) == 2:
-            records, image_dir = list(result[0]), Path(result[1])
-        else:
-            records, image_dir = list(result), Path(data_dir)
+        records = list(records)
+        if report.rejected:
+            rejected = report.summary()
+        image_dir = reader.TfdsImages(data_dir)
     if spec.limit:
         records = records[: spec.limit]
     if not records:
@@ -552,3 +554,9 @@ def score_reports(
 
 def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def supports(record: Any, protocol: str) -> bool:
+    """Whether a record's dataset has ground truth for `protocol`: built datasets list their task families
+    (a segmentation-only dataset's records must not count as "no finding"); manifest records support all."""
+    return protocol in getattr(record, "families", PROTOCOLS)

@@ -413,3 +413,35 @@ def test_eval_cli_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["--checkpoint", str(tmp_path), "--config.run=x"])  # overrides need --config
     assert isinstance(ml_collections.ConfigDict(), ml_collections.ConfigDict)
+
+
+def test_tfds_source_reads_records_and_images_through_the_pipeline(tmp_path):
+    """A built ChestX-ray14 (the tfds builders' own fixture) evaluated through `read_dataset`: records with
+    their families, images from the stored bytes, the same canvases the pipeline makes."""
+    pytest.importorskip("tensorflow_datasets")
+    from imtcxr_jax.data import tfds as cxr_tfds
+    from imtcxr_jax.data.pipeline import build_tokenizer, make_eval_examples
+    from tests.data.tfds.test_chestxray14 import make_nih
+
+    make_nih(tmp_path / "nih")
+    cxr_tfds.build("chestxray14", tmp_path / "nih", tmp_path / "out", progress=False)
+    paper = load_config_file(ROOT / "configs" / "eval_paper.py")
+    paper.data_dir, paper.run = str(tmp_path / "out"), "chestxray14"
+    paper.datasets.chestxray14.split = "train"
+    spec = suite_from_config(paper).datasets[0]
+    records, images, rejected = protocols.read_dataset(spec, paper.data_dir)
+    assert isinstance(images, cxr_tfds.TfdsImages) and rejected == ""
+    assert all(
+        protocols.supports(r, "classification") and not protocols.supports(r, "segmentation") for r in records
+    )
+    tokenizer = build_tokenizer(records, vocab_size=1400, labels=spec.labels)
+    config = {"image_size": 32, "max_src_len": 32, "max_tgt_len": 32}
+    eval_set = make_eval_examples(records, images, tokenizer, config, families=("classification", "localization"),
+                                  labels=spec.labels, report_prompts=("plain",))  # fmt: skip
+    boxes = [e for e in eval_set if e.task == "box"]
+    assert boxes and eval_set.images(boxes).shape == (len(boxes), 32, 32, 3)
+    spec_bad = suite_from_config(paper).datasets[0].__class__(**{**spec.__dict__, "split": "nope"})
+    with pytest.raises(
+        ProtocolError, match=r"config\.datasets\.chestxray14: cannot read TFDS dataset .*'nope'"
+    ):
+        protocols.read_dataset(spec_bad, paper.data_dir)
