@@ -35,11 +35,13 @@ def _numbers(text: str, what: str) -> np.ndarray:
 
 
 def _paint(starts: np.ndarray, lengths: np.ndarray, size: int) -> np.ndarray:
-    """Flat boolean mask with [start, start + length) set; runs already checked to be disjoint and inside."""
-    edges = np.zeros(size + 1, dtype=np.int32)
-    np.add.at(edges, starts, 1)
-    np.add.at(edges, starts + lengths, -1)
-    return np.cumsum(edges[:-1]) > 0
+    """Flat boolean mask with [start, start + length) set; runs already checked to be disjoint and inside.
+    One slice assignment per run: masks have hundreds of runs over a million pixels, so this beats any
+    whole-grid vectorised form (tools/bench/build.py)."""
+    flat = np.zeros(size, dtype=bool)
+    for start, end in zip(starts.tolist(), (starts + lengths).tolist(), strict=True):
+        flat[start:end] = True
+    return flat
 
 
 def _check_shape(height: int, width: int) -> int:
