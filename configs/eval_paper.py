@@ -4,7 +4,9 @@
 
 Every dataset is read from a TFDS-built dataset under `data_dir` (`imtcxr_jax.data.tfds.read_records`), or, with
 --config.datasets.KEY.source=manifest --config.datasets.KEY.path=FOLDER, from a folder in the manifest format.
-`run` lists the datasets to evaluate, in order (--config.run=chexpert,mimic_cxr runs two). Labels, box labels
+`run` lists the datasets to evaluate, in order (--config.run=chexpert,mimic_cxr runs two; `siim` is defined
+but not in the default run). Splits are the builders' (CheXpert: the official validation set; datasets without
+an official split: the builders' patient-level split). Labels, box labels
 and structures are the words the model is asked about (the checkpoint's vocabulary: tasks/classification.py
 DISEASES, tasks/segmentation.py STRUCTURES); imtcxr_jax/evaluation/protocols.py documents every field.
 """
@@ -50,7 +52,7 @@ def get_config():
     )  # fmt: skip
     c.datasets.rsna = dataset_entry(
         "RSNA Pneumonia", tfds_name="rsna_pneumonia", protocols=("classification", "localization"),
-        labels=("pneumonia",), box_labels=("pneumonia",),
+        labels=("pneumonia",), box_labels=("pneumonia",), complete_labels=True,  # Target 0/1
     )  # fmt: skip
     c.datasets.ms_cxr = dataset_entry(
         "MS-CXR", tfds_name="ms_cxr", protocols=("localization",), box_labels=MS_CXR_BOX_LABELS
@@ -61,8 +63,13 @@ def get_config():
     c.datasets.chexmask = dataset_entry(
         "CheXmask", tfds_name="chexmask", protocols=("segmentation",), structures=LUNGS_AND_HEART
     )
+    # MS-PS (the IMT-CXR release's pneumothorax set) has no TFDS builder: convert it to a manifest folder
+    # DATA_DIR/ms_ps (or --config.datasets.ms_ps.path=FOLDER). SIIM-ACR is built by the `siim` builder.
     c.datasets.ms_ps = dataset_entry(
-        "MS-PS", tfds_name="ms_ps", protocols=("segmentation",), structures=("pneumothorax",)
+        "MS-PS", source="manifest", path="ms_ps", protocols=("segmentation",), structures=("pneumothorax",)
+    )
+    c.datasets.siim = dataset_entry(
+        "SIIM-ACR", tfds_name="siim", protocols=("segmentation",), structures=("pneumothorax",)
     )
     c.datasets.mimic_cxr = dataset_entry("MIMIC-CXR", tfds_name="mimic_cxr", protocols=("report",))
     return c

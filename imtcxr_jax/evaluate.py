@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import logging
 from typing import Any
 
@@ -26,31 +25,18 @@ import numpy as np
 from flax import nnx
 
 from imtcxr_jax.data.pipeline import EvalExample, EvalSet
-from imtcxr_jax.decoding.beam_search import beam_search
+from imtcxr_jax.decoding.beam_search import beam_search, encode, first_token_log_probs
 from imtcxr_jax.decoding.constraints import BoxConstraint, PolygonConstraint
 from imtcxr_jax.evaluation import metrics
 from imtcxr_jax.evaluation.labeler import OBSERVATIONS, CheXpertLabeler
 from imtcxr_jax.evaluation.report_metrics import bleu, rouge_l
-from imtcxr_jax.models.imtcxr import IMTCXR, EncoderOutput
+from imtcxr_jax.models.imtcxr import IMTCXR
 from imtcxr_jax.tasks import localization, segmentation
 from imtcxr_jax.tasks.common import Task, Unparseable
-from imtcxr_jax.text.tokenizer import BOS_ID, Tokenizer
+from imtcxr_jax.text.tokenizer import Tokenizer
 
 HEADLINE_LABELS = ("cardiomegaly", "pleural effusion", "pneumothorax")
 log = logging.getLogger(__name__)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, src, images) -> EncoderOutput:
-    return nnx.merge(graphdef, state).encode(src, images)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _first_token_log_probs(graphdef, state, src, images) -> jax.Array:
-    model = nnx.merge(graphdef, state)
-    enc = model.encode(src, images)
-    logits = model.decode(jnp.full((src.shape[0], 1), BOS_ID, jnp.int32), enc)
-    return jax.nn.log_softmax(logits[:, 0], axis=-1)
 
 
 def _batches(examples: list[EvalExample], eval_set: EvalSet, batch_size: int):
@@ -66,7 +52,7 @@ def _decode_texts(
 ):
     texts = []
     for chunk, src, images in _batches(examples, eval_set, batch_size):
-        enc = _encode(graphdef, state, src, images)
+        enc = encode(graphdef, state, src, images)
         result = beam_search(
             model, enc, beam_size=beam, max_len=max_len, constraint=constraint,
             no_repeat_ngram_size=0 if constraint is not None else 3,
@@ -89,7 +75,7 @@ def presence_probabilities(
     yes, no = tokenizer.encode(" yes")[0], tokenizer.encode(" no")[0]
     probabilities = []
     for chunk, src, images in _batches(examples, eval_set, batch_size):
-        lp = np.asarray(_first_token_log_probs(graphdef, state, src, images))[: len(chunk)]
+        lp = np.asarray(first_token_log_probs(graphdef, state, src, images))[: len(chunk)]
         probabilities += list(1.0 / (1.0 + np.exp(lp[:, no] - lp[:, yes])))
     return np.asarray(probabilities, dtype=np.float64)
 
@@ -326,7 +312,7 @@ def evaluate_suite(
         result |= {"n_records": len(records), "rejected": rejected, "skipped": eval_set.report.to_dict()}
 
         def asked(
-            task: Task, subjects: tuple[str, ...], eval_set=eval_set, records=records
+            task: Task, subjects: tuple[str, ...], eval_set=eval_set, records=records, spec=spec
         ) -> list[EvalExample]:
             """The questions of `task` about `subjects`, on records whose dataset has that ground truth."""
             return [
@@ -334,16 +320,17 @@ def evaluate_suite(
                 for e in eval_set
                 if e.task is task
                 and (not subjects or e.ref.subject in subjects)
-                and protocols.supports(records[e.ref.record], e.family)
+                and protocols.supports(records[e.ref.record], e.family, spec)
             ]
 
         for protocol in spec.protocols:
             bar.set_postfix_str(f"{spec.key}: {protocol}")
             if protocol == "classification":
-                rows = [i for i, record in enumerate(records) if protocols.supports(record, protocol)]
+                rows = [i for i, record in enumerate(records) if protocols.supports(record, protocol, spec)]
                 if not rows:
                     raise protocols.ProtocolError(
-                        f"config.datasets.{spec.key}.protocols: its records have no classification ground truth"
+                        f"config.datasets.{spec.key}.protocols: its records have no classification ground truth "
+                        "(set complete_labels=True if its labels are complete for the listed labels)"
                     )
                 presence = asked(Task.PRESENCE, spec.labels)
                 probabilities = presence_probabilities(model, presence, eval_set, tokenizer, suite.batch_size)

@@ -24,7 +24,9 @@ Dataset fields: ``name`` (the table's row label), ``source`` ("tfds": `imtcxr_ja
 (data_dir, tfds_name, split); "manifest": the folder ``path``, ``{checkpoint}`` standing for the evaluated
 workdir, relative paths under ``data_dir``), ``tfds_name``, ``split``, ``protocols`` (any of `PROTOCOLS`),
 ``labels`` (classification), ``box_labels`` (localization), ``structures`` (segmentation), ``report_prompt``
-("plain" or "evidence") and ``limit`` (the first N records only; 0 = all).
+("plain" or "evidence"), ``limit`` (the first N records only; 0 = all) and ``complete_labels`` (score
+classification of `labels` even on records of a built dataset whose task families leave classification out:
+RSNA's Target 0/1 is a complete pneumonia label although its other labels are unknown).
 
 Protocols (what `evaluate.evaluate_suite` asks the model, and how the answers are scored here):
 
@@ -75,7 +77,7 @@ SUITE_KEYS = (
 )  # fmt: skip
 DATASET_KEYS = (
     "name", "source", "path", "tfds_name", "split", "protocols", "labels", "box_labels", "structures",
-    "report_prompt", "limit",
+    "report_prompt", "limit", "complete_labels",
 )  # fmt: skip
 
 
@@ -100,6 +102,7 @@ def dataset_entry(
     structures: Sequence[str] = (),
     report_prompt: str = "plain",
     limit: int = 0,
+    complete_labels: bool = False,
 ) -> ml_collections.ConfigDict:
     """One ``datasets.KEY`` entry of an evaluation config (fields: the module docstring)."""
     return ml_collections.ConfigDict(
@@ -107,6 +110,7 @@ def dataset_entry(
             "name": name, "source": source, "path": path, "tfds_name": tfds_name, "split": split,
             "protocols": tuple(protocols), "labels": tuple(labels), "box_labels": tuple(box_labels),
             "structures": tuple(structures), "report_prompt": report_prompt, "limit": limit,
+            "complete_labels": complete_labels,
         }
     )  # fmt: skip
 
@@ -127,6 +131,7 @@ class DatasetSpec:
     structures: tuple[str, ...] = ()
     report_prompt: str = "plain"
     limit: int = 0
+    complete_labels: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +230,7 @@ def _dataset_spec(key: str, entry: Any, checkpoint: str | Path | None) -> Datase
         labels=_words(values["labels"], f"{field}.labels", DISEASES, "label"),
         box_labels=_words(values["box_labels"], f"{field}.box_labels", DISEASES, "label"),
         structures=_words(values["structures"], f"{field}.structures", STRUCTURES, "structure"),
-        report_prompt=values["report_prompt"], limit=limit,
+        report_prompt=values["report_prompt"], limit=limit, complete_labels=bool(values["complete_labels"]),
     )  # fmt: skip
 
 
@@ -556,7 +561,10 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def supports(record: Any, protocol: str) -> bool:
+def supports(record: Any, protocol: str, spec: DatasetSpec | None = None) -> bool:
     """Whether a record's dataset has ground truth for `protocol`: built datasets list their task families
-    (a segmentation-only dataset's records must not count as "no finding"); manifest records support all."""
+    (a segmentation-only dataset's records must not count as "no finding"); manifest records support all;
+    ``spec.complete_labels`` vouches for classification of the spec's labels."""
+    if protocol == "classification" and spec is not None and spec.complete_labels:
+        return True
     return protocol in getattr(record, "families", PROTOCOLS)

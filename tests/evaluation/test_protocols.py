@@ -445,3 +445,16 @@ def test_tfds_source_reads_records_and_images_through_the_pipeline(tmp_path):
         ProtocolError, match=r"config\.datasets\.chestxray14: cannot read TFDS dataset .*'nope'"
     ):
         protocols.read_dataset(spec_bad, paper.data_dir)
+
+
+def test_supports_follows_the_dataset_families_unless_labels_are_complete():
+    class Built:
+        families = ("localization",)
+
+    paper = load_config_file(ROOT / "configs" / "eval_paper.py")
+    paper.data_dir, paper.run = "/d", "rsna,ms_cxr"
+    rsna, ms_cxr = suite_from_config(paper).datasets
+    assert rsna.complete_labels and protocols.supports(Built(), "classification", rsna)
+    assert not protocols.supports(Built(), "classification", ms_cxr)
+    assert protocols.supports(Built(), "localization", ms_cxr) and not protocols.supports(Built(), "report")
+    assert protocols.supports(object(), "segmentation")  # manifest records: every family
