@@ -10,6 +10,10 @@
   point-wise mean polygon of the structure (polygons share start point and orientation).
 - report: greedy (or beam) report, plain and evidence-prompted; CE precision/recall/F1 through the
   CheXpert-style labeler against the reference report; BLEU-4 and ROUGE-L (project tokenizer, no Java).
+
+`evaluate_suite` runs the paper's protocols of an evaluation config instead (`evaluation.protocols`: per
+dataset, scored in original pixels, with bootstrap intervals; `evaluation.tables` writes them). Both use the
+same per-task answers: `presence_probabilities`, `predict_boxes`, `predict_polygons`, `generate_reports`.
 """
 
 from __future__ import annotations
