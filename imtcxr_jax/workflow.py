@@ -20,16 +20,18 @@ Batching. Questions of one stage are grouped by how they are decoded (one constr
 each group runs in batches of `WorkflowOptions.batch_size` rows spanning images and findings. Batch rows are
 padded to a power of two (or to the full batch size with ``bucket_batches=False``) and instructions to a
 multiple of 16 tokens, so that the jitted encoder and beam search compile once per kind of question and shape
-bucket, not once per call. Each image is preprocessed once and uploaded to the device once; every question
-about it gathers its row of that device array. (The encoder's output depends on the instruction, so it runs
-per question; reusing the ResNet trunk's features across questions would need an ``image_features`` entry
-point in `IMTCXR.encode`, which the model does not have yet.)
+bucket, not once per call. Each image is preprocessed once, uploaded to the device once, and its ResNet
+trunk runs once (`IMTCXR.encode_images`, in batches of images): every question about it gathers its row of
+those features and runs only the transformer encoder (the encoder's output depends on the instruction).
+Box and polygon questions compute only the logits of EOS and the 1000 bins at each step instead of the
+whole vocabulary (``project_allowed``).
 
 Confidence. A decoded answer's confidence is exp(score), the beam search's length-normalised log-probability
-under the model's full distribution (constrained tokens are *not* renormalised over the allowed set, see
-`decoding/beam_search.py`): it is low when the model would rather have said something the constraint forbids.
-A presence answer's confidence is the probability of the answer given, P(" yes") / (P(" yes") + P(" no")) of
-the first answer token, or its complement.
+where every step of a constrained answer is normalised over the tokens its constraint allows there
+(``normalize_over="allowed"``, see `decoding/beam_search.py`): the model's confidence among well-formed
+answers, as a presence answer's confidence is the probability of the answer given among the two allowed,
+P(" yes") / (P(" yes") + P(" no")) of the first answer token, or its complement. The report is free text:
+its steps are normalised over the whole vocabulary (there the allowed set is the vocabulary).
 
 Coordinates. The model sees a square canvas (`data.augment.prepare_image`, letterbox or stretch as trained);
 every box and polygon in the document is mapped back through the `CanvasTransform` to the original image's
@@ -95,19 +97,18 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from imtcxr_jax import geometry
 from imtcxr_jax.data import augment
-from imtcxr_jax.decoding.beam_search import beam_search
+from imtcxr_jax.decoding.beam_search import beam_search, encode, encode_images, first_token_log_probs
 from imtcxr_jax.decoding.constraints import BoxConstraint, Constraint, PhraseConstraint, PolygonConstraint
-from imtcxr_jax.models.imtcxr import IMTCXR, EncoderOutput
+from imtcxr_jax.models.imtcxr import IMTCXR
 from imtcxr_jax.tasks import classification, localization, report, segmentation
 from imtcxr_jax.tasks.common import Task, Unparseable, normalize_label
-from imtcxr_jax.text.tokenizer import BOS_ID, PAD_ID, Tokenizer
+from imtcxr_jax.text.tokenizer import PAD_ID, Tokenizer
 
 SCHEMA_VERSION = 1
 ANATOMY = ("right lung", "left lung", "heart")  # what CTR needs
@@ -462,6 +463,7 @@ class _Decoding:
     constraint: Constraint | None
     max_len: int
     no_repeat_ngram_size: int = 0  # n-gram blocking would forbid legitimately repeated bins and separators
+    project_allowed: bool = False  # logits of the constraint's candidate tokens only (bins + EOS)
 
 
 class _Plan:
@@ -486,11 +488,11 @@ class _Plan:
         self.yes_no_ids = (yes[0], no[0])
         self.location = phrase("location", classification.LOCATIONS)
         self.severity = phrase("severity", classification.SEVERITIES)  # a present finding is not "normal"
-        self.box = _Decoding("box", BoxConstraint(vocab_size=vocab, num_boxes=1), 4)
+        box = BoxConstraint(vocab_size=vocab, num_boxes=1)
+        self.box = _Decoding("box", box, 4, project_allowed=True)
         points = options.num_points
-        self.polygon = _Decoding(
-            "polygon", PolygonConstraint(vocab_size=vocab, num_points=points), 2 * points
-        )
+        polygon = PolygonConstraint(vocab_size=vocab, num_points=points)
+        self.polygon = _Decoding("polygon", polygon, 2 * points, project_allowed=True)
         self.report = _Decoding("report", None, min(options.max_report_len, longest), no_repeat_ngram_size=3)
         self.list_vocabulary = (*options.labels, classification.NO_FINDING)
         self.disease_list = (
@@ -518,21 +520,6 @@ def _separator(tokenizer: Tokenizer, labels: Sequence[str]) -> int:
     return comma[0]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef: nnx.GraphDef, state: nnx.State, src: jax.Array, images: jax.Array) -> EncoderOutput:
-    return nnx.merge(graphdef, state).encode(src, images)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _first_token_log_probs(
-    graphdef: nnx.GraphDef, state: nnx.State, src: jax.Array, images: jax.Array, ids: jax.Array
-) -> jax.Array:
-    """(B, len(ids)) log-probabilities of `ids` as the first answer token (one teacher-forced step)."""
-    model = nnx.merge(graphdef, state)
-    logits = model.decode(jnp.full((src.shape[0], 1), BOS_ID, jnp.int32), model.encode(src, images))
-    return jax.nn.log_softmax(logits[:, 0], axis=-1)[:, ids]
-
-
 class _Asker:
     """Runs questions about the images of one run on the model, in static-shape batches."""
 
@@ -541,15 +528,25 @@ class _Asker:
     ):
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.graphdef, self.state = nnx.split(model)
-        # Uploaded once; each batch gathers its rows on the device.
-        self.canvases = jnp.asarray(np.stack([image.canvas for image in images]))
+        # The ResNet trunk runs once per image (in bucketed batches of images); each question batch gathers
+        # its images' rows of these features on the device.
+        canvases = np.stack([image.canvas for image in images])
+        chunks = []
+        for start in range(0, len(canvases), options.batch_size):
+            chunk = canvases[start : start + options.batch_size]
+            rows = _bucket(len(chunk), options.batch_size) if options.bucket_batches else options.batch_size
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], rows - len(chunk), axis=0)])
+            chunks.append(encode_images(self.graphdef, self.state, jnp.asarray(padded))[: len(chunk)])
+        self.features = jnp.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
     def ask_yes_no(self, questions: Sequence[_Question], ids: tuple[int, int]) -> list[_Answer]:
         """Presence answers from P(" yes") vs P(" no") of the first answer token."""
         answers = []
-        for batch, src, images in self._batches(questions):
+        for batch, src, features in self._batches(questions):
             log_probs = np.asarray(
-                _first_token_log_probs(self.graphdef, self.state, src, images, jnp.asarray(ids))
+                first_token_log_probs(
+                    self.graphdef, self.state, src, image_features=features, ids=jnp.asarray(ids)
+                )
             )
             for yes, no in log_probs[: len(batch)].astype(np.float64):
                 # P(yes) renormalised over {yes, no}: a sigmoid of the log-odds, capped against overflow.
@@ -561,8 +558,8 @@ class _Asker:
     def ask(self, questions: Sequence[_Question], decoding: _Decoding) -> list[_Answer]:
         """Answers decoded by beam search under `decoding`'s constraint; the best hypothesis of each."""
         answers = []
-        for batch, src, images in self._batches(questions):
-            enc = _encode(self.graphdef, self.state, src, images)
+        for batch, src, features in self._batches(questions):
+            enc = encode(self.graphdef, self.state, src, image_features=features)
             result = beam_search(
                 self.model,
                 enc,
@@ -570,6 +567,8 @@ class _Asker:
                 max_len=decoding.max_len,
                 constraint=decoding.constraint,
                 no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+                normalize_over="allowed",  # the confidence convention of the document (module docstring)
+                project_allowed=decoding.project_allowed,
             )
             tokens, scores = np.asarray(result.tokens[:, 0]), np.asarray(result.scores[:, 0], np.float64)
             for row, score in zip(tokens[: len(batch)], scores[: len(batch)], strict=True):
@@ -578,7 +577,7 @@ class _Asker:
         return answers
 
     def _batches(self, questions: Sequence[_Question]):
-        """(questions, src (B, L), images (B, S, S, 3)) per batch; B and L padded to their buckets."""
+        """(questions, src (B, L), image features (B, h, w, C)) per batch; B and L padded to their buckets."""
         size = self.options.batch_size
         for start in range(0, len(questions), size):
             batch = list(questions[start : start + size])
@@ -593,8 +592,8 @@ class _Asker:
             src = np.full((rows, length), PAD_ID, np.int32)
             for row, token_ids in enumerate(ids):
                 src[row, : len(token_ids)] = token_ids
-            images = jnp.take(self.canvases, jnp.asarray([q.image for q in padded]), axis=0)
-            yield batch, jnp.asarray(src), images
+            features = jnp.take(self.features, jnp.asarray([q.image for q in padded]), axis=0)
+            yield batch, jnp.asarray(src), features
 
 
 def _bucket(count: int, limit: int) -> int:

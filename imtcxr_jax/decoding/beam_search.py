@@ -29,12 +29,32 @@ the encoder output (its length S is a shape), min_len, length_penalty, unk_penal
 <= NGRAM_BOUND and the constraint's tables.
 
 Constraints (DESIGN.md decision 7; not in the original, spec §14.3). A constraint automaton (see
-`constraints.py`) gives each hypothesis a boolean mask of allowed next tokens. The mask is applied to the
-already normalised log-probabilities: lp = log_softmax(all V logits), then disallowed -> -inf. Constrained
-scores are therefore still log-probabilities under the model's full distribution (a constrained answer's
-score is comparable with an unconstrained one's, and exp(score) is a confidence that is low when the model
-would rather have said something else); they are *not* renormalised over the allowed set. Without a
-constraint the search is exactly the original's.
+`constraints.py`) gives each hypothesis a boolean mask of allowed next tokens. How a constrained step's
+log-probabilities are normalised is the `normalize_over` option:
+
+* ``"vocabulary"`` (the default): lp = log_softmax(all V logits), then disallowed -> -inf. Scores are
+  log-probabilities under the model's full distribution: exp(score) is low when the model would rather have
+  said something the constraint forbids.
+* ``"allowed"``: disallowed logits -> -inf *before* the log-softmax, so each step is normalised over the
+  tokens the constraint allows there: lp = log P(token | prefix, the answer is well-formed). A step with one
+  allowed token (a box's EOS) scores log 1 = 0. exp(score) is then the model's (geometric-mean per-token)
+  confidence among well-formed answers only, the same convention as a presence answer's
+  P(yes) / (P(yes) + P(no)). The evidence workflow uses this for every constrained question.
+
+Both keep spec §14.2 b-d (min_len, NaN, PAD, UNK, forced end, n-gram blocking) after the log-softmax, as
+the original does. For greedy search (K = 1) the two give the same tokens (each step's ranking is the
+same); with K > 1 the beams can differ, because the per-hypothesis normalisers differ.
+
+Projection (``project_allowed=True``, requires ``normalize_over="allowed"`` and a constraint with
+`candidate_ids`, i.e. the box and polygon automata): the decoder's last hidden state is multiplied by only
+the C candidate rows of the tied output embedding (EOS + 1000 bins: C = 1001 instead of V = 59457 for the
+OFA vocabulary), the log-softmax runs over those C columns (the disallowed ones masked), and the top-2K runs
+over K*C candidates. Disallowed tokens have probability 0 under ``"allowed"``, so this is the same search as
+the masked full-vocabulary one with ``normalize_over="allowed"``: same tokens, scores equal to float
+rounding (candidate columns are in id order, so top-k ties break the same way).
+
+Without a constraint the search is exactly the original's (both options are then ignored: the allowed set
+is the whole vocabulary).
 """
 
 from __future__ import annotations
@@ -110,16 +130,29 @@ def beam_search(
     length_penalty: float = 1.0,
     unk_penalty: float = 0.0,
     constraint: Constraint | None = None,
+    normalize_over: str = "vocabulary",
+    project_allowed: bool = False,
 ) -> BeamResult:
     """Beam search over `model.decode_step` from BOS for every sentence of `enc` (B sentences).
 
     Defaults are the demo's generator (spec §14.1): K = 5, at most 200 tokens before the forced EOS, EOS
     forbidden at the first step, no repeated 3-grams, score = mean log-prob (lenpen 1). Greedy decoding is
     `beam_size=1`. `no_repeat_ngram_size=0` disables the blocking. `constraint` (see `constraints.py`) makes
-    every finalised answer well-formed; the mask is applied after the log-softmax (module docstring).
+    every finalised answer well-formed. normalize_over ("vocabulary" or "allowed") and project_allowed
+    choose how a constrained step is normalised and whether only the allowed rows of the output projection
+    are computed (module docstring).
     """
     vocab_size = model.cfg.vocab_size
     _check_arguments(model, beam_size, max_len, min_len, no_repeat_ngram_size, vocab_size, constraint)
+    if normalize_over not in ("vocabulary", "allowed"):
+        raise ValueError(f"normalize_over: got {normalize_over!r}, expected 'vocabulary' or 'allowed'")
+    if constraint is None:
+        normalize_over, project_allowed = "vocabulary", False  # the allowed set is the whole vocabulary
+    elif project_allowed and (normalize_over != "allowed" or constraint.candidate_ids is None):
+        raise ValueError(
+            "project_allowed: needs normalize_over='allowed' (a full-vocabulary normaliser needs every "
+            f"logit) and a constraint with candidate_ids (got {type(constraint).__name__})"
+        )
     graphdef, state = nnx.split(model)
     return _search(
         graphdef,
@@ -134,6 +167,8 @@ def beam_search(
         max_len=max_len,
         # Sizes up to NGRAM_BOUND share one compilation (0 included); a larger size gets its own.
         ngram_bound=max(NGRAM_BOUND, no_repeat_ngram_size),
+        normalize_over=normalize_over,
+        project_allowed=bool(project_allowed),
     )
 
 
@@ -171,13 +206,53 @@ def decode_batch(
     if image_mask is None:
         image_mask = jnp.ones((src.shape[0],), bool)
     graphdef, state = nnx.split(model)
-    enc = _encode(graphdef, state, jnp.asarray(src, jnp.int32), jnp.asarray(images), jnp.asarray(image_mask))
+    enc = encode(graphdef, state, jnp.asarray(src, jnp.int32), jnp.asarray(images), jnp.asarray(image_mask))
     return beam_search(model, enc, **search_options)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Jitted encoder entry points, shared by decode_batch, the workflow and evaluation (static graphdef; the
+# state is traced, so a model's weights can change without a recompilation)
+# ---------------------------------------------------------------------------------------------------------
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, src_tokens, images, image_mask) -> EncoderOutput:
-    return nnx.merge(graphdef, state).encode(src_tokens, images, image_mask)
+def encode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    src_tokens: jax.Array,
+    images: jax.Array | None = None,
+    image_mask: jax.Array | None = None,
+    image_features: jax.Array | None = None,
+) -> EncoderOutput:
+    """`IMTCXR.encode` in inference mode, from images or from `encode_images`' features."""
+    model = nnx.merge(graphdef, state)
+    return model.encode(src_tokens, images, image_mask, image_features=image_features)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encode_images(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array) -> jax.Array:
+    """`IMTCXR.encode_images` in inference mode: the trunk's features of each image, to reuse."""
+    return nnx.merge(graphdef, state).encode_images(images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def first_token_log_probs(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    src_tokens: jax.Array,
+    images: jax.Array | None = None,
+    image_mask: jax.Array | None = None,
+    image_features: jax.Array | None = None,
+    ids: jax.Array | None = None,
+) -> jax.Array:
+    """Log-probabilities (float32, normalised over the whole vocabulary) of the first answer token, from
+    one teacher-forced decoder step on BOS: (B, V), or (B, len(ids)) of the tokens `ids`."""
+    model = nnx.merge(graphdef, state)
+    enc = model.encode(src_tokens, images, image_mask, image_features=image_features)
+    logits = model.decode(jnp.full((src_tokens.shape[0], 1), BOS_ID, jnp.int32), enc)
+    log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)
+    return log_probs if ids is None else log_probs[:, ids]
 
 
 def _check_arguments(
@@ -229,7 +304,10 @@ def _check_arguments(
 # ---------------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "beam_size", "max_len", "ngram_bound"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "beam_size", "max_len", "ngram_bound", "normalize_over", "project_allowed"),
+)
 def _search(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -243,11 +321,23 @@ def _search(
     beam_size: int,
     max_len: int,
     ngram_bound: int,
+    normalize_over: str = "vocabulary",
+    project_allowed: bool = False,
 ) -> BeamResult:
     model = nnx.merge(graphdef, state)
     k = beam_size
     batch = enc.hidden.shape[0]
     rows = batch * k
+    # Projection: the candidate ids (C,), their rows of the output embedding (gathered once, outside the
+    # loop) and the column of every vocabulary id among them (C for the others), for the n-gram bans.
+    ids = output_rows = columns = None
+    if project_allowed:
+        candidates = np.asarray(constraint.candidate_ids, np.int32)
+        ids = jnp.asarray(candidates)
+        output_rows = model.output_rows(ids)
+        lookup = np.full((model.cfg.vocab_size,), len(candidates), np.int32)
+        lookup[candidates] = np.arange(len(candidates), dtype=np.int32)
+        columns = jnp.asarray(lookup)
 
     # Spec §14.2 steps 1-2: encoder output (here: the cache built from it) repeated K times per sentence.
     tile = jnp.repeat(jnp.arange(batch), k)  # row b*K + k -> sentence b
@@ -272,15 +362,22 @@ def _search(
     def step(s: _SearchState) -> _SearchState:
         t = s.step
         last = jax.lax.dynamic_slice_in_dim(s.tokens, t, 1, axis=1)  # (B*K, 1)
-        logits, cache = model.decode_step(last, s.cache)
-        lprobs = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)  # (B*K, V)
+        logits, cache = model.decode_step(last, s.cache, output_rows=output_rows)
+        logits = logits[:, -1].astype(jnp.float32)  # (B*K, V), or (B*K, C) projected
+        if normalize_over == "allowed":  # normalise over the allowed tokens only
+            if project_allowed:
+                allowed = constraint.allowed_candidates(s.constraint_state)
+            else:
+                allowed = constraint.allowed(s.constraint_state)
+            logits = jnp.where(allowed, logits, NEG_INF)
+        lprobs = jax.nn.log_softmax(logits, axis=-1)
         lprobs = _process_lprobs(
             lprobs, s.tokens, t, min_len=min_len, max_len=max_len, unk_penalty=unk_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size, ngram_bound=ngram_bound,
+            no_repeat_ngram_size=no_repeat_ngram_size, ngram_bound=ngram_bound, ids=ids, columns=columns,
         )  # fmt: skip
-        if constraint is not None:
+        if constraint is not None and normalize_over == "vocabulary":
             lprobs = jnp.where(constraint.allowed(s.constraint_state), lprobs, NEG_INF)
-        return _beam_step(s, lprobs, cache, constraint, k, max_len, length_penalty)
+        return _beam_step(s, lprobs, cache, constraint, k, max_len, length_penalty, ids)
 
     final = jax.lax.while_loop(running, step, init)
     return _collect(final)
@@ -296,9 +393,12 @@ def _process_lprobs(
     unk_penalty: jax.Array,
     no_repeat_ngram_size: jax.Array,
     ngram_bound: int,
+    ids: jax.Array | None = None,
+    columns: jax.Array | None = None,
 ) -> jax.Array:
-    """Spec §14.2 b-d on lp (B*K, V); tokens (B*K, max_len + 2) is the history buffer."""
-    vocab = jnp.arange(lprobs.shape[-1])
+    """Spec §14.2 b-d on lp (B*K, V); tokens (B*K, max_len + 2) is the history buffer. Projected: lp is
+    (B*K, C) over the token ids `ids` (C,), and `columns` (V,) maps an id to its column (C if none)."""
+    vocab = jnp.arange(lprobs.shape[-1]) if ids is None else ids
     is_eos = vocab == EOS_ID
     lprobs = jnp.where(is_eos & (t < min_len), NEG_INF, lprobs)
     lprobs = jnp.where(jnp.isnan(lprobs), NEG_INF, lprobs)
@@ -306,13 +406,21 @@ def _process_lprobs(
     lprobs = lprobs - jnp.where(vocab == UNK_ID, unk_penalty, 0.0)
     lprobs = jnp.where(~is_eos & (t >= max_len), NEG_INF, lprobs)
     if ngram_bound > 0:
-        banned = _ngram_bans(tokens, t, no_repeat_ngram_size, ngram_bound, lprobs.shape[-1])
+        banned = _ngram_bans(tokens, t, no_repeat_ngram_size, ngram_bound, lprobs.shape[-1], columns)
         lprobs = jnp.where(banned, NEG_INF, lprobs)
     return lprobs
 
 
-def _ngram_bans(tokens: jax.Array, t: jax.Array, n: jax.Array, longest: int, vocab_size: int) -> jax.Array:
+def _ngram_bans(
+    tokens: jax.Array,
+    t: jax.Array,
+    n: jax.Array,
+    longest: int,
+    vocab_size: int,
+    columns: jax.Array | None = None,
+) -> jax.Array:
     """(B*K, V) bool: tokens w such that (tokens[t-n+2..t], w) already occurs in the row (spec §14.2 d).
+    With `columns` (id -> column, `vocab_size` = C for ids outside), (B*K, C) over the projected columns.
 
     Dense form of fairseq's n-gram table: the key (the last n-1 tokens, positions t-n+2..t) is compared with
     every window tokens[i..i+n-2] whose n-gram lies within the written positions 0..t (BOS at 0 included),
@@ -328,6 +436,8 @@ def _ngram_bans(tokens: jax.Array, t: jax.Array, n: jax.Array, longest: int, voc
         shifted = jnp.roll(tokens, -j, axis=1)  # shifted[:, i] = tokens[:, i + j] where it matters
         match &= (shifted == key) | (j >= n - 1)
     following = jnp.take_along_axis(tokens, jnp.clip(starts + n - 1, 0, width - 1), axis=1)
+    if columns is not None:
+        following = columns[following]
     row_ids = jnp.broadcast_to(jnp.arange(rows)[:, None], following.shape)
     # Non-matching windows scatter to column V, which mode="drop" discards.
     return (
@@ -345,8 +455,9 @@ def _beam_step(
     k: int,
     max_len: int,
     length_penalty: jax.Array,
+    ids: jax.Array | None = None,
 ) -> _SearchState:
-    """Spec §14.2 e-g: candidates, finalisation, the new beam."""
+    """Spec §14.2 e-g: candidates, finalisation, the new beam. Projected: lprobs' columns are the ids `ids`."""
     t = s.step
     rows, vocab = lprobs.shape
     batch = rows // k
@@ -364,6 +475,8 @@ def _beam_step(
         jax.lax.top_k(scores.reshape(batch, k * vocab), 2 * k)
     )  # (B, 2K), best first
     cand_beams, cand_tokens = flat // vocab, flat % vocab
+    if ids is not None:
+        cand_tokens = ids[cand_tokens]
     cand_rows = cand_beams + (jnp.arange(batch) * k)[:, None]  # (B, 2K) rows b*K + beam
     is_final = (cand_tokens == EOS_ID) & jnp.isfinite(cand_scores)  # (B, 2K)
 

@@ -19,7 +19,11 @@ Interface (used inside the jitted beam search, so everything is traceable and sh
 * ``allowed(state) -> (batch, V) bool``: the tokens each hypothesis may emit next;
 * ``advance(state, tokens (batch,)) -> state``: the state after emitting `tokens`;
 * ``min_steps`` / ``max_steps``: the fewest / most tokens an accepted answer has before its EOS (max_steps
-  None = unbounded), so that the search can reject a max_len or min_len no answer can satisfy.
+  None = unbounded), so that the search can reject a max_len or min_len no answer can satisfy;
+* ``candidate_ids``: None, or the static (numpy) ascending ids of every token the automaton can ever allow
+  (the bin automata: EOS and the bins), and ``allowed_candidates(state) -> (batch, C) bool``: `allowed`
+  restricted to those ids, so that a search can project the decoder's output onto those C rows of the
+  embedding instead of the whole vocabulary (``beam_search(..., project_allowed=True)``).
 
 Every state allows at least one token. Only a hypothesis whose score is already -inf can pick a token its
 state does not allow, and such a hypothesis is never finalised: the phrase trie sends it to its final state
@@ -27,8 +31,8 @@ state does not allow, and such a hypothesis is never finalised: the phrase trie 
 are leaves (traced by jit: constraints of one kind and table shape share a compilation), the vocabulary size
 and the mode are static.
 
-How the search applies the mask, and why scores stay normalised over the whole vocabulary: see
-`beam_search.py`.
+How the search applies the mask, and how constrained scores are normalised (over the whole vocabulary or
+over the allowed tokens): see `beam_search.py`.
 """
 
 from __future__ import annotations
@@ -66,6 +70,17 @@ class Constraint(abc.ABC):
 
     @abc.abstractmethod
     def allowed(self, state: Any) -> jax.Array: ...
+
+    @property
+    def candidate_ids(self) -> np.ndarray | None:
+        """Ascending ids of every token any state may allow (static), or None (not restricted/known)."""
+        return None
+
+    def allowed_candidates(self, state: Any) -> jax.Array:
+        """(B, C) bool: `allowed(state)` at the columns `candidate_ids`."""
+        if self.candidate_ids is None:
+            raise ValueError(f"{type(self).__name__} has no candidate_ids")
+        return self.allowed(state)[:, self.candidate_ids]
 
     @abc.abstractmethod
     def advance(self, state: Any, tokens: jax.Array) -> Any: ...
@@ -113,6 +128,17 @@ def _bin_init(batch_size: int) -> BinState:
     return BinState(position=zeros, x0=zeros, y0=zeros)
 
 
+def _bin_candidates(vocab_size: int, num_bins: int) -> np.ndarray:
+    """EOS, then the bins in id order: column 0 is EOS, column c >= 1 is bin c - 1."""
+    return np.concatenate([[EOS_ID], np.arange(vocab_size - num_bins, vocab_size)]).astype(np.int32)
+
+
+def _candidate_columns(num_bins: int) -> tuple[jax.Array, jax.Array]:
+    """(1, C) candidate columns and their bin index (-1 for the EOS column)."""
+    columns = jnp.arange(num_bins + 1, dtype=jnp.int32)[None, :]
+    return columns, columns - 1
+
+
 @jax.tree_util.register_pytree_node_class
 class BoxConstraint(Constraint):
     """Exactly 4 * num_boxes bins ``<x0> <y0> <x1> <y1>`` per box, then EOS; x1 >= x0 and y1 >= y0."""
@@ -139,6 +165,17 @@ class BoxConstraint(Constraint):
         lowest = jnp.where(corner == 2, state.x0[:, None], jnp.where(corner == 3, state.y0[:, None], 0))
         writing = (state.position < 4 * self.num_boxes)[:, None]
         return jnp.where(writing, bins >= lowest, ids == EOS_ID)
+
+    @property
+    def candidate_ids(self) -> np.ndarray:
+        return _bin_candidates(self.vocab_size, self.num_bins)
+
+    def allowed_candidates(self, state: BinState) -> jax.Array:
+        columns, bins = _candidate_columns(self.num_bins)
+        corner = (state.position % 4)[:, None]
+        lowest = jnp.where(corner == 2, state.x0[:, None], jnp.where(corner == 3, state.y0[:, None], 0))
+        writing = (state.position < 4 * self.num_boxes)[:, None]
+        return jnp.where(writing, bins >= lowest, columns == 0)
 
     def advance(self, state: BinState, tokens: jax.Array) -> BinState:
         k = tokens - (self.vocab_size - self.num_bins)
@@ -186,6 +223,15 @@ class PolygonConstraint(Constraint):
         ids, bins = _ids_and_bins(self.vocab_size, self.num_bins)
         writing = (state.position < 2 * self.num_points)[:, None]
         return jnp.where(writing, bins >= 0, ids == EOS_ID)
+
+    @property
+    def candidate_ids(self) -> np.ndarray:
+        return _bin_candidates(self.vocab_size, self.num_bins)
+
+    def allowed_candidates(self, state: BinState) -> jax.Array:
+        columns, bins = _candidate_columns(self.num_bins)
+        writing = (state.position < 2 * self.num_points)[:, None]
+        return jnp.where(writing, bins >= 0, columns == 0)
 
     def advance(self, state: BinState, tokens: jax.Array) -> BinState:
         return state.replace(position=jnp.minimum(state.position + 1, 2 * self.num_points + 1))

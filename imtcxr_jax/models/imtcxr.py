@@ -89,6 +89,11 @@ def _validate_tokens(name: str, tokens: jax.Array, vocab_size: int) -> None:
             raise ValueError(f"{name}: got token id {bad}, expected ids in [0, {vocab_size})")
 
 
+def _validate_images(images: jax.Array) -> None:
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: got shape {tuple(images.shape)}, expected (batch, height, width, 3)")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Encoder
 # ---------------------------------------------------------------------------------------------------------
@@ -129,13 +134,16 @@ class Encoder(nnx.Module):
     def __call__(
         self,
         src_tokens: jax.Array,
-        images: jax.Array,
+        images: jax.Array | None,
         image_mask: jax.Array,
         embed_tokens: Embedding,
         *,
         train: bool = False,
         rngs: nnx.Rngs | None = None,
+        image_features: jax.Array | None = None,
     ) -> EncoderOutput:
+        """`image_features` (B, h, w, C): the trunk's output for `images`, computed before (then `images` is
+        not used): an image's features serve every question about it."""
         cfg = self.cfg
         batch, length = src_tokens.shape
         if length > cfg.max_source_positions:
@@ -144,7 +152,9 @@ class Encoder(nnx.Module):
             )
 
         # Image tokens (spec §3.2): row-major grid -> proj -> + type row 1 -> patch LN -> dropout.
-        features = self.embed_images(images, train=train, rngs=rngs)
+        features = (
+            self.embed_images(images, train=train, rngs=rngs) if image_features is None else image_features
+        )
         _, grid_h, grid_w, channels = features.shape
         if grid_h > cfg.image_bucket_size or grid_w > cfg.image_bucket_size:
             raise ValueError(
@@ -377,31 +387,57 @@ class IMTCXR(nnx.Module):
         self.encoder = Encoder(cfg, rngs=rngs)
         self.decoder = Decoder(cfg, rngs=rngs)
 
+    def encode_images(
+        self, images: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """The ResNet trunk's features (B, ceil(H/16), ceil(W/16), 16 * resnet_width) of images (B, H, W, 3)
+        normalised to [-1, 1]: what `encode(..., image_features=...)` takes instead of the images, so that
+        an image's trunk runs once however many questions are asked about it (DESIGN.md decision 8)."""
+        _validate_images(images)
+        return self.encoder.embed_images(images, train=train, rngs=rngs)
+
     def encode(
         self,
         src_tokens: jax.Array,
-        images: jax.Array,
+        images: jax.Array | None = None,
         image_mask: jax.Array | None = None,
         *,
+        image_features: jax.Array | None = None,
         train: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> EncoderOutput:
         """src_tokens (B, L) int, right-padded with PAD; images (B, H, W, 3) normalised to [-1, 1];
-        image_mask (B,) bool, False = the sample has no image (default: all present)."""
+        image_mask (B,) bool, False = the sample has no image (default: all present).
+
+        Exactly one of `images` and `image_features` is given; image_features = `encode_images(images)`
+        (computed once, e.g. gathered per question) gives the same output as the images themselves. In
+        training mode the trunk's BatchNorm statistics update only when it runs here (images given)."""
         _validate_tokens("src_tokens", src_tokens, self.cfg.vocab_size)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images: got shape {tuple(images.shape)}, expected (batch, height, width, 3)")
-        if images.shape[0] != src_tokens.shape[0]:
+        if (images is None) == (image_features is None):
+            raise ValueError("encode: give exactly one of images and image_features")
+        if images is not None:
+            _validate_images(images)
+            batch = images.shape[0]
+        else:
+            if image_features.ndim != 4 or image_features.shape[-1] != self.cfg.image_feature_dim:
+                raise ValueError(
+                    f"image_features: got shape {tuple(image_features.shape)}, expected (batch, h, w, "
+                    f"{self.cfg.image_feature_dim}) from encode_images"
+                )
+            batch = image_features.shape[0]
+        if batch != src_tokens.shape[0]:
+            name = "images" if images is not None else "image_features"
             raise ValueError(
-                f"images: got batch {images.shape[0]}, expected the batch of src_tokens ({src_tokens.shape[0]})"
+                f"{name}: got batch {batch}, expected the batch of src_tokens ({src_tokens.shape[0]})"
             )
         if image_mask is None:
-            image_mask = jnp.ones((images.shape[0],), bool)
-        elif image_mask.shape != (images.shape[0],):
-            raise ValueError(
-                f"image_mask: got shape {tuple(image_mask.shape)}, expected ({images.shape[0]},)"
-            )
-        return self.encoder(src_tokens, images, image_mask, self.embed_tokens, train=train, rngs=rngs)
+            image_mask = jnp.ones((batch,), bool)
+        elif image_mask.shape != (batch,):
+            raise ValueError(f"image_mask: got shape {tuple(image_mask.shape)}, expected ({batch},)")
+        return self.encoder(
+            src_tokens, images, image_mask, self.embed_tokens, train=train, rngs=rngs,
+            image_features=image_features,
+        )  # fmt: skip
 
     def decode(
         self, prev_tokens: jax.Array, enc: EncoderOutput, *, train: bool = False, rngs: nnx.Rngs | None = None
@@ -427,10 +463,23 @@ class IMTCXR(nnx.Module):
     def init_cache(self, enc: EncoderOutput, max_length: int) -> DecoderCache:
         return self.decoder.init_cache(enc, max_length)
 
-    def decode_step(self, tokens: jax.Array, cache: DecoderCache) -> tuple[jax.Array, DecoderCache]:
-        """Logits (B, t, V) float32 of the next `t` tokens given the cache (inference only)."""
+    def decode_step(
+        self, tokens: jax.Array, cache: DecoderCache, *, output_rows: jax.Array | None = None
+    ) -> tuple[jax.Array, DecoderCache]:
+        """Logits (B, t, V) float32 of the next `t` tokens given the cache (inference only).
+
+        output_rows (C, D): rows of the tied output projection (`output_rows(ids)`); the logits are then
+        (B, t, C), those of the C chosen tokens only (equal to the full logits' columns `ids`), for a step
+        whose next token can only be one of them (a constrained search)."""
         hidden, cache = self.decoder.step(tokens, cache, self.embed_tokens)
-        return self.embed_tokens.attend(hidden).astype(jnp.float32), cache
+        if output_rows is None:
+            return self.embed_tokens.attend(hidden).astype(jnp.float32), cache
+        dt = self.embed_tokens.dtype
+        return jnp.dot(hidden.astype(dt), output_rows.astype(dt).T).astype(jnp.float32), cache
+
+    def output_rows(self, ids: jax.Array) -> jax.Array:
+        """(C, D) rows `ids` of the tied output projection, for `decode_step(..., output_rows=...)`."""
+        return jnp.take(self.embed_tokens.embedding[...], ids, axis=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
