@@ -265,10 +265,16 @@ def resolve_model_config(
     flags invisible in the weights from the options. `overrides` (ModelConfig fields) win over both."""
     source = str(ckpt.path)
     sd = ckpt.state_dict
-    inferred = _infer_from_weights(sd, source)
     notes: dict[str, Any] = {"assumed": []}
     options = ckpt.options
     where = ckpt.options_source
+    arch = (options.get("arch") or options.get("_name")) if options is not None else None
+    if arch is not None and arch not in OFA_ARCHITECTURES:  # before the weights: the clearest message
+        raise CheckpointError(
+            f"{source}: {where}.arch is {arch!r}, not an OFA architecture (expected one of "
+            f"{list(OFA_ARCHITECTURES)}); this converter reads OFA / IMT-CXR checkpoints only"
+        )
+    inferred = _infer_from_weights(sd, source)
     values = dict(inferred)
     if options is None:
         notes["assumed"].append(
@@ -278,12 +284,6 @@ def resolve_model_config(
         values["disable_entangle"] = False
         notes["arch"] = None
     else:
-        arch = options.get("arch") or options.get("_name")
-        if arch is not None and arch not in OFA_ARCHITECTURES:
-            raise CheckpointError(
-                f"{source}: {where}.arch is {arch!r}, not an OFA architecture (expected one of "
-                f"{list(OFA_ARCHITECTURES)}); this converter reads OFA / IMT-CXR checkpoints only"
-            )
         notes["arch"] = arch
         for name, required, default in _REQUIRED_OPTIONS:
             value = _option_value(options, name) if name in options else default
@@ -422,7 +422,10 @@ def convert_from_ofa(
             f"{tokenizer.vocab_size} ids; expected the vocabulary the model was trained with"
         )
     model = concrete_zeros_model(cfg)
-    report = load_ofa_state_dict(model, ckpt.state_dict, source=str(path))
+    try:
+        report = load_ofa_state_dict(model, ckpt.state_dict, source=str(path))
+    except ValueError as error:  # missing / unexpected / mis-shaped keys, already naming the file and keys
+        raise CheckpointError(str(error)) from None
     _check_derived_buffers(ckpt.state_dict, cfg, str(path))
 
     floats = [
@@ -658,7 +661,7 @@ def _set_model_options(container: dict[str, Any], cfg: ModelConfig) -> None:
 
 def _cast(value: np.ndarray, dtype: str) -> np.ndarray:
     target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    return np.ascontiguousarray(value.astype(target))
+    return np.array(value.astype(target), order="C")
 
 
 def _write_torch(path: Path, state: dict[str, np.ndarray], container: dict[str, Any]) -> None:
@@ -707,7 +710,7 @@ def _write_safetensors(path: Path, state: dict[str, np.ndarray], container: dict
             "--safetensors: bfloat16 is not supported by the numpy writer; use float32 or float16"
         )
     metadata = {"format": "pt", SAFETENSORS_CONFIG_KEY: json.dumps(to_json_data(container))}
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path), metadata=metadata)
+    save_file({k: np.array(v, order="C") for k, v in state.items()}, str(path), metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------------------------

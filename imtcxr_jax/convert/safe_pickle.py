@@ -351,6 +351,12 @@ def load_checkpoint(path: str | Path) -> Any:
         if zipfile.is_zipfile(path):
             return _load_zip(path)
         with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":  # a zip archive's first entry, but no readable directory
+                raise CheckpointError(
+                    f"{path}: not a readable PyTorch checkpoint: a zip archive without its central directory "
+                    "(truncated or corrupt)"
+                )
+            file.seek(0)
             return _load_legacy(path, file)
     except CheckpointError:
         raise
