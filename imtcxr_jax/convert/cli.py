@@ -151,10 +151,15 @@ def _to_ofa(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _resnet(args: argparse.Namespace) -> dict[str, Any]:
+    import jax
+    import numpy as np
+    from flax import nnx
+
     from imtcxr_jax.convert.model_dir import experiment_config, load_converted_model, write_model_dir
     from imtcxr_jax.convert.resnet_torch import load_torchvision_resnet, read_resnet_state_dict
     from imtcxr_jax.models.config import get_model_config
     from imtcxr_jax.models.imtcxr import create_model
+    from imtcxr_jax.models.resnet import ResNetTrunk
     from imtcxr_jax.text.tokenizer import OfaTokenizer, load_tokenizer
 
     state = read_resnet_state_dict(args.weights)  # a bad file fails before any model is built
@@ -170,12 +175,17 @@ def _resnet(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(
                 f"{args.init}: the model has {model.cfg.vocab_size} ids, the tokenizer {tokenizer.vocab_size}"
             )
+        report = load_torchvision_resnet(model.encoder.embed_images, state, source=str(args.weights))
     else:
         cfg = get_model_config(args.model_size)
         if tokenizer is not None:
             cfg = cfg.replace(vocab_size=tokenizer.vocab_size)
+        # The trunk first (a file of the wrong depth fails before the whole model is initialised).
+        graphdef, zeros = nnx.split(nnx.eval_shape(lambda: ResNetTrunk(cfg, rngs=nnx.Rngs(0))))
+        trunk = nnx.merge(graphdef, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), zeros))
+        report = load_torchvision_resnet(trunk, state, source=str(args.weights))
         model, model_size = create_model(cfg, seed=args.seed), args.model_size
-    report = load_torchvision_resnet(model.encoder.embed_images, state, source=str(args.weights))
+        nnx.update(model.encoder.embed_images, nnx.state(trunk))
     config = experiment_config(
         model.cfg, model_size=model_size, tokenizer_kind=getattr(tokenizer, "backend", "ofa"),
         bpe_dir=str(Path(args.bpe_dir).absolute()) if args.bpe_dir else "", image_size=args.image_size,

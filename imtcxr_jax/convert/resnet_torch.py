@@ -29,7 +29,7 @@ _PREFIX = "encoder.embed_images."
 @dataclass
 class ResNetImport:
     loaded: int  # tensors written into the trunk
-    unused: list[str]  # layer4.* / fc.* and bookkeeping keys of the file that the trunk does not use
+    unused: list[str]  # keys of the file beyond the trunk (layer4.*, fc.*); BatchNorm counters are ignored
     depth: str | None  # resnet50 / resnet101 / resnet152 by the file's block counts
 
 
@@ -80,13 +80,9 @@ def load_torchvision_resnet(
             f"{source}: missing keys {missing[:8]} ({len(missing)}); the file's stages 1-3 have {have}, the "
             f"model's trunk needs {tuple(len(getattr(trunk, f'layer{s}')) for s in (1, 2, 3))} blocks"
         )
-    unused = sorted(k for k in state if k not in expected)
-    trunk_extra = [
-        k
-        for k in unused
-        if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3")
-        and not k.endswith("num_batches_tracked")
-    ]
+    extra = sorted(k for k in state if k not in expected and not k.endswith("num_batches_tracked"))
+    trunk_extra = [k for k in extra if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3")]
+    unused = [k for k in extra if k not in trunk_extra]
     if trunk_extra:
         raise CheckpointError(
             f"{source}: unexpected keys {trunk_extra[:8]} ({len(trunk_extra)}) in stages 1-3: the file is "
