@@ -16,7 +16,8 @@ is 1 if any input failed (2 for a usage error). Images larger than `image_io.MAX
 
 What is asked: by default the labels, and which of them get a location, a severity or a box, are those the
 checkpoint was trained on (read from its training data, `workflow.questions_from_records`); ``--labels``
-overrides the label list. W is a training workdir (`imtcxr train --workdir`): its newest checkpoint is used.
+overrides the label list. W is a training workdir (`imtcxr train --workdir`): its newest checkpoint is used;
+or a converted checkpoint folder (`imtcxr convert from-ofa`), whose OFA BPE folder ``--bpe-dir`` may override.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def cli_main(argv: list[str]) -> int:
     from imtcxr_jax.train.loop import load_trained_model
 
     try:
-        model, tokenizer, config, step = load_trained_model(args.checkpoint)
+        model, tokenizer, config, step = load_trained_model(args.checkpoint, bpe_dir=args.bpe_dir)
     except (ValueError, FileNotFoundError) as error:
         print(f"imtcxr analyze: --checkpoint {args.checkpoint}: {error}", file=sys.stderr)
         return 2
@@ -104,8 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG or DICOM images")
     parser.add_argument(
-        "--checkpoint", required=True, metavar="W", help="a training workdir (newest checkpoint)"
-    )
+        "--checkpoint", required=True, metavar="W",
+        help="a training workdir (newest checkpoint) or a converted checkpoint (imtcxr convert)",
+    )  # fmt: skip
+    parser.add_argument("--bpe-dir", metavar="BPE", help="OFA BPE folder, overriding the checkpoint's record")
     parser.add_argument("--out", required=True, metavar="DIR", help="where <name>.json and <name>.png go")
     parser.add_argument(
         "--batch-size", type=int, default=16, help="images per chunk and questions per model call (16)"
