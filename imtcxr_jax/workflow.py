@@ -569,6 +569,7 @@ class _Asker:
                 no_repeat_ngram_size=decoding.no_repeat_ngram_size,
                 normalize_over="allowed",  # the confidence convention of the document (module docstring)
                 project_allowed=decoding.project_allowed,
+                split=(self.graphdef, self.state),
             )
             tokens, scores = np.asarray(result.tokens[:, 0]), np.asarray(result.scores[:, 0], np.float64)
             for row, score in zip(tokens[: len(batch)], scores[: len(batch)], strict=True):

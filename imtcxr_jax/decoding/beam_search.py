@@ -1,7 +1,9 @@
 """Beam search with the semantics of the original generator (spec §14), as one jitted `lax.while_loop`.
 
 The encoder runs once (by the caller, or by `decode_batch`); the decoder cache is built once for the B
-sentences and tiled K times, hypothesis k of sentence b at row b*K + k. Each loop iteration is one step t of
+sentences, hypothesis k of sentence b at row b*K + k: its self-attention part is tiled K times, its
+cross-attention part (keys/values of the encoder output) stays at one row per sentence, shared by the
+sentence's K hypotheses (they attend to it as K query positions of one row). Each loop iteration is one step t of
 spec §14.2:
 
   a. cached decoder step on the last token of every hypothesis -> log-softmax in float32 -> lp (B*K, V);
@@ -86,6 +88,8 @@ _BEAM_INVARIANT_CACHE_FIELDS = (
     "encoder_padding_mask",
     "self_position_keys",
 )
+# Of those, the fields with one row per sentence (shared by its K hypotheses, see `Decoder.step`).
+_SHARED_CACHE_FIELDS = ("cross_keys", "cross_values", "cross_position_keys", "encoder_padding_mask")
 
 
 @struct.dataclass
@@ -132,6 +136,7 @@ def beam_search(
     constraint: Constraint | None = None,
     normalize_over: str = "vocabulary",
     project_allowed: bool = False,
+    split: tuple[nnx.GraphDef, nnx.State] | None = None,
 ) -> BeamResult:
     """Beam search over `model.decode_step` from BOS for every sentence of `enc` (B sentences).
 
@@ -140,7 +145,8 @@ def beam_search(
     `beam_size=1`. `no_repeat_ngram_size=0` disables the blocking. `constraint` (see `constraints.py`) makes
     every finalised answer well-formed. normalize_over ("vocabulary" or "allowed") and project_allowed
     choose how a constrained step is normalised and whether only the allowed rows of the output projection
-    are computed (module docstring).
+    are computed (module docstring). split: `nnx.split(model)` when the caller holds it already (splitting
+    walks the whole module graph: ~20-40 ms per call for ofa_tiny on a CPU, more than a short search).
     """
     vocab_size = model.cfg.vocab_size
     _check_arguments(model, beam_size, max_len, min_len, no_repeat_ngram_size, vocab_size, constraint)
@@ -153,7 +159,7 @@ def beam_search(
             "project_allowed: needs normalize_over='allowed' (a full-vocabulary normaliser needs every "
             f"logit) and a constraint with candidate_ids (got {type(constraint).__name__})"
         )
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(model) if split is None else split
     return _search(
         graphdef,
         state,
@@ -207,7 +213,7 @@ def decode_batch(
         image_mask = jnp.ones((src.shape[0],), bool)
     graphdef, state = nnx.split(model)
     enc = encode(graphdef, state, jnp.asarray(src, jnp.int32), jnp.asarray(images), jnp.asarray(image_mask))
-    return beam_search(model, enc, **search_options)
+    return beam_search(model, enc, split=(graphdef, state), **search_options)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,6 +329,7 @@ def _search(
     ngram_bound: int,
     normalize_over: str = "vocabulary",
     project_allowed: bool = False,
+    split: tuple[nnx.GraphDef, nnx.State] | None = None,
 ) -> BeamResult:
     model = nnx.merge(graphdef, state)
     k = beam_size
@@ -339,9 +346,13 @@ def _search(
         lookup[candidates] = np.arange(len(candidates), dtype=np.int32)
         columns = jnp.asarray(lookup)
 
-    # Spec §14.2 steps 1-2: encoder output (here: the cache built from it) repeated K times per sentence.
+    # Spec §14.2 steps 1-2: encoder output (here: the cache built from it) repeated K times per sentence;
+    # the cross-attention fields are not tiled but shared by a sentence's K rows (`Decoder.step` groups
+    # them), the rest (self-attention caches) is tiled.
     tile = jnp.repeat(jnp.arange(batch), k)  # row b*K + k -> sentence b
-    cache = model.init_cache(enc, max_len + 1).gather(tile)
+    cache = model.init_cache(enc, max_len + 1)
+    shared = {name: getattr(cache, name) for name in _SHARED_CACHE_FIELDS}
+    cache = cache.gather(tile).replace(**shared)
     init = _SearchState(
         step=jnp.zeros((), jnp.int32),
         tokens=jnp.full((rows, max_len + 2), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID),
@@ -406,8 +417,11 @@ def _process_lprobs(
     lprobs = lprobs - jnp.where(vocab == UNK_ID, unk_penalty, 0.0)
     lprobs = jnp.where(~is_eos & (t >= max_len), NEG_INF, lprobs)
     if ngram_bound > 0:
-        banned = _ngram_bans(tokens, t, no_repeat_ngram_size, ngram_bound, lprobs.shape[-1], columns)
-        lprobs = jnp.where(banned, NEG_INF, lprobs)
+        # Scattered straight into lp (one write per window) rather than through a (B*K, V) mask.
+        row_ids, banned = _ngram_ban_columns(
+            tokens, t, no_repeat_ngram_size, ngram_bound, lprobs.shape[-1], columns
+        )
+        lprobs = lprobs.at[row_ids, banned].set(NEG_INF, mode="drop")
     return lprobs
 
 
@@ -421,6 +435,22 @@ def _ngram_bans(
 ) -> jax.Array:
     """(B*K, V) bool: tokens w such that (tokens[t-n+2..t], w) already occurs in the row (spec §14.2 d).
     With `columns` (id -> column, `vocab_size` = C for ids outside), (B*K, C) over the projected columns.
+    The mask form of `_ngram_ban_columns`."""
+    row_ids, banned = _ngram_ban_columns(tokens, t, n, longest, vocab_size, columns)
+    rows = tokens.shape[0]
+    return jnp.zeros((rows, vocab_size), bool).at[row_ids, banned].set(True, mode="drop")
+
+
+def _ngram_ban_columns(
+    tokens: jax.Array,
+    t: jax.Array,
+    n: jax.Array,
+    longest: int,
+    vocab_size: int,
+    columns: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(row ids, banned columns), each (B*K, width): for every window of every row the column of the token
+    it bans, or `vocab_size` (out of range: a scatter with mode="drop" ignores it) where it bans nothing.
 
     Dense form of fairseq's n-gram table: the key (the last n-1 tokens, positions t-n+2..t) is compared with
     every window tokens[i..i+n-2] whose n-gram lies within the written positions 0..t (BOS at 0 included),
@@ -439,12 +469,7 @@ def _ngram_bans(
     if columns is not None:
         following = columns[following]
     row_ids = jnp.broadcast_to(jnp.arange(rows)[:, None], following.shape)
-    # Non-matching windows scatter to column V, which mode="drop" discards.
-    return (
-        jnp.zeros((rows, vocab_size), bool)
-        .at[row_ids, jnp.where(match, following, vocab_size)]
-        .set(True, mode="drop")
-    )
+    return row_ids, jnp.where(match, following, vocab_size)
 
 
 def _beam_step(
@@ -505,7 +530,9 @@ def _beam_step(
     tokens = s.tokens[parent].at[:, t + 1].set(chosen)
     cumulative = s.cumulative[parent].at[:, t].set(chosen_scores)
     invariant = {name: getattr(cache, name) for name in _BEAM_INVARIANT_CACHE_FIELDS}
-    cache = cache.gather(parent).replace(**invariant)  # the gathers of invariant fields are dead code
+    # The shared fields have B rows, not B*K: only the other fields are gathered.
+    cache = cache.replace(**{name: () for name in _SHARED_CACHE_FIELDS}).gather(parent)
+    cache = cache.replace(**invariant)
     constraint_state = s.constraint_state
     if constraint is not None:
         constraint_state = constraint.advance(jax.tree.map(lambda a: a[parent], constraint_state), chosen)

@@ -341,14 +341,21 @@ class Decoder(nnx.Module):
         self, tokens: jax.Array, cache: DecoderCache, embed_tokens: Embedding
     ) -> tuple[jax.Array, DecoderCache]:
         """Cached forward of the next tokens (B, t) at positions index..index+t-1 -> hidden (B, t, D), cache.
-        Equivalent to the teacher-forced forward read at those positions (spec §4.5)."""
+        Equivalent to the teacher-forced forward read at those positions (spec §4.5).
+
+        The cross-attention fields of the cache (`cross_keys`, `cross_values`, `cross_position_keys`,
+        `encoder_padding_mask`) may hold B / g rows, one per group of g consecutive rows of `tokens` (a
+        sentence's beam hypotheses): they are then shared by the group instead of tiled g times."""
         length = tokens.shape[1]
+        group = tokens.shape[0] // cache.cross_keys[0].shape[0]
         positions = cache.index + jnp.arange(length)
         max_length = cache.max_length
         x = self._embed(tokens, positions, embed_tokens, False, None)
         self_q, cross_q = self._position_queries(positions)
         self_abs = jnp.einsum("qhd,bkhd->bhqk", self_q, cache.self_position_keys)
         cross_bias = jnp.einsum("qhd,bkhd->bhqk", cross_q, cache.cross_position_keys)
+        if group > 1:  # the g rows of a group are query positions of one cross-attention row
+            cross_bias = jnp.tile(cross_bias, (1, 1, group, 1))
         self_mask = (jnp.arange(max_length)[None, :] > positions[:, None])[None, None]
         cross_mask = cache.encoder_padding_mask[:, None, None, :]
         new_keys, new_values = [], []
@@ -359,7 +366,7 @@ class Decoder(nnx.Module):
             x, (k, v) = layer(
                 x, self_kv=(cache.self_keys[i], cache.self_values[i]), self_bias=self_bias, self_mask=self_mask,
                 cross_kv=(cache.cross_keys[i], cache.cross_values[i]), cross_bias=cross_bias,
-                cross_mask=cross_mask, cache_index=cache.index, train=False, rngs=None,
+                cross_mask=cross_mask, cache_index=cache.index, cross_group=group, train=False, rngs=None,
             )  # fmt: skip
             new_keys.append(k)
             new_values.append(v)

@@ -223,13 +223,16 @@ class DecoderLayer(nnx.Module):
         cross_bias: jax.Array,
         cross_mask: jax.Array,
         cache_index: jax.Array | None = None,
+        cross_group: int = 1,
         train: bool,
         rngs: nnx.Rngs | None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x (B, T, D). Without a cache (`self_kv` None) keys/values come from x itself (teacher forcing).
         With one, this step's keys/values are written into `self_kv` (B, Tmax, H, hd) at `cache_index` and
         the queries attend over the whole cache (the mask hides the unwritten future). Returns the new x and
-        the self-attention keys/values (the updated cache)."""
+        the self-attention keys/values (the updated cache). cross_group g > 1: x holds g consecutive rows per
+        row of `cross_kv` (the hypotheses of one sentence in beam search); their queries attend to that
+        row's keys together (the rows become query positions), instead of g tiled copies of the keys."""
         y = self.self_attn_layer_norm(x)
         k, v = self.self_attn.project_key_value(y)
         if self_kv is not None:
@@ -242,8 +245,12 @@ class DecoderLayer(nnx.Module):
         x = x + _close_branch(self, self.self_attn_ln(y), train, rngs)
 
         y = self.encoder_attn_layer_norm(x)
-        q = self.encoder_attn.project_query(y)
+        q = self.encoder_attn.project_query(y)  # (B * g, T, H, hd)
+        rows, length = q.shape[:2]
+        if cross_group > 1:
+            q = q.reshape(rows // cross_group, cross_group * length, *q.shape[2:])
         y = self.encoder_attn.attend(q, *cross_kv, cross_bias, cross_mask, train=train, rngs=rngs)
+        y = y.reshape(rows, length, y.shape[-1])
         x = x + _close_branch(self, self.cross_attn_ln(y), train, rngs)
 
         y = self.ffn(self.final_layer_norm(x), train=train, rngs=rngs)

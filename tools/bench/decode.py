@@ -13,8 +13,10 @@ Workload (per image, the workflow's questions with random instructions of `--src
   segmentation    3 polygons of `--points` points (2 * points bins + EOS)
   report          one free-text report, at most `--report-max-len` tokens, no-repeat-3-gram
 Every decoded question uses beam `--beam` (6); constrained steps are normalised over the allowed tokens.
-`batch` is the number of images run together and the rows of every model call (the workflow's batch_size):
-the questions of a task for all `batch` images run in calls of `batch` rows.
+`batch` is the number of images run together; the questions of a task for all of them run in model calls of
+at most `rows` = max(batch, `--rows`) questions (`--rows` 16: the workflow's default batch_size), a short
+call padded to a power of two as the workflow does (at batch 1: 14 presence questions in one call of 16 rows,
+2 boxes in one call of 2, 3 polygons in one call of 4, the report alone).
 
 Sides, each in a fresh 'spawn' child process, loading the same random weights (`randomize_`):
   jax    the workflow's path: `encode_images` once per image, `encode(..., image_features=...)` per question
@@ -28,7 +30,7 @@ Both sides return every answer; the parent checks that the best hypotheses' toke
 P(yes) agrees (reported as `identical_tokens`, `mismatched_answers`, `max_p_yes_diff`).
 
 Roofline (measured in the JAX child): `peak_gflops` from a jitted 2048x2048 float32 matmul, `bandwidth_gbs`
-from a jitted elementwise pass over 256 MiB. For the report's beam search (R = batch * beam rows, Tmax =
+the best of a jitted read-only reduction over 256 MiB and a numpy copy of 256 MiB. For the report's beam search (R = batch * beam rows, Tmax =
 max_len + 1 cache positions, S encoder tokens, V vocabulary) the FLOPs of one decoder step are
 L * (2R*(6D^2 + 2DF) + 4R*D*(Tmax + S)) + 2R*D*V, the bytes moved are the decoder weights read once plus the
 KV caches read (self: R*Tmax*D*2 per layer, cross: B*S*D*2 per layer, float32). `flop_roofline_fraction` =
@@ -75,6 +77,7 @@ class Workload:
     report_max_len: int
     seed: int
     repeats: int
+    rows: int = 16  # questions per model call (the workflow's batch_size)
     torch_threads: tuple[int, ...] = ()  # each thread count is timed; the best run per task counts
 
     def questions(self, task: str) -> int:
@@ -96,11 +99,13 @@ def inputs(work: Workload, vocab_size: int) -> dict[str, np.ndarray]:
 
 
 def chunks(count: int, size: int) -> list[np.ndarray]:
-    """Row indices of each call: `size` rows, the last call padded by repeating its last row."""
+    """Row indices of each call, as the workflow batches: at most `size` questions per call, a short call
+    padded (repeating its last row) to the next power of two (`workflow._bucket`)."""
     out = []
     for start in range(0, count, size):
         rows = np.arange(start, min(start + size, count))
-        out.append(np.concatenate([rows, np.repeat(rows[-1:], size - len(rows))]))
+        padded = min(1 << max(len(rows) - 1, 0).bit_length(), size)
+        out.append(np.concatenate([rows, np.repeat(rows[-1:], padded - len(rows))]))
     return out
 
 
@@ -120,10 +125,11 @@ def jax_child(cfg: Any, weights_path: Path, work: Workload) -> dict[str, Any]:
     from imtcxr_jax.models.imtcxr import create_model
     from tools.bench.forward import read_weights_and_inputs
 
-    weights, _ = read_weights_and_inputs(weights_path)
     model = create_model(cfg, seed=1)
-    load_ofa_state_dict(model, weights, source=str(weights_path))
-    del weights
+    if weights_path is not None:
+        weights, _ = read_weights_and_inputs(weights_path)
+        load_ofa_state_dict(model, weights, source=str(weights_path))
+        del weights
     graphdef, state = nnx.split(model)
     data = inputs(work, cfg.vocab_size)
     v = cfg.vocab_size
@@ -151,7 +157,7 @@ def jax_child(cfg: Any, weights_path: Path, work: Workload) -> dict[str, Any]:
             count = len(src_all)
             start = time.perf_counter()
             results, decode_s, steps = [], 0.0, 0
-            for rows in chunks(count, work.batch):
+            for rows in chunks(count, work.rows):
                 src = jnp.asarray(src_all[rows])
                 feats = jnp.take(features, jnp.asarray(image_all[rows]), axis=0)
                 if task == "classification":
@@ -162,7 +168,9 @@ def jax_child(cfg: Any, weights_path: Path, work: Workload) -> dict[str, Any]:
                 if task == "report":
                     jax.block_until_ready(enc)
                 began = time.perf_counter()
-                result = beam_search(model, enc, beam_size=work.beam, **decodings[task])
+                result = beam_search(
+                    model, enc, beam_size=work.beam, split=(graphdef, state), **decodings[task]
+                )
                 tokens, lengths = np.asarray(result.tokens[:, 0]), np.asarray(result.lengths[:, 0])
                 decode_s += time.perf_counter() - began
                 steps += int(result.steps)
@@ -185,7 +193,11 @@ def jax_child(cfg: Any, weights_path: Path, work: Workload) -> dict[str, Any]:
         times, answers = run()
         for key, value in times.items():
             best[key] = value if key == "report_steps" else min(best.get(key, np.inf), value)
-    return {"times": best, "answers": answers, "warmup_s": compile_s, **_roofline_measurements()}
+    device = jax.devices()[0]
+    return {
+        "times": best, "answers": answers, "warmup_s": compile_s, "device": str(device.device_kind),
+        "backend": jax.default_backend(), **_roofline_measurements(),
+    }  # fmt: skip
 
 
 def _roofline_measurements() -> dict[str, float]:
@@ -202,14 +214,21 @@ def _roofline_measurements() -> dict[str, float]:
         start = time.perf_counter()
         jax.block_until_ready(dot(a))
         flops.append(2 * n**3 / (time.perf_counter() - start))
+    # Bandwidth: the best of a read-only pass (XLA reduction; a decode step mostly reads weights and caches)
+    # and numpy's copy (read + write into an existing buffer; XLA's elementwise passes allocate their
+    # output, and first-touch page faults make them look several times slower than the memory is).
     big = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB
-    scale = jax.jit(lambda x: x * 1.5 + 0.5)
-    jax.block_until_ready(scale(big))
+    total = jax.jit(jnp.sum)
+    jax.block_until_ready(total(big))
+    host, copy = np.ones(64 * 2**20, np.float32), np.empty(64 * 2**20, np.float32)
     bandwidth = []
     for _ in range(5):
         start = time.perf_counter()
-        jax.block_until_ready(scale(big))
-        bandwidth.append(2 * big.nbytes / (time.perf_counter() - start))  # read + write
+        jax.block_until_ready(total(big))
+        bandwidth.append(big.nbytes / (time.perf_counter() - start))
+        start = time.perf_counter()
+        np.copyto(copy, host)
+        bandwidth.append(2 * host.nbytes / (time.perf_counter() - start))
     return {"peak_gflops": max(flops) / 1e9, "bandwidth_gbs": max(bandwidth) / 1e9}
 
 
@@ -249,7 +268,7 @@ def torch_child(ref_cfg: Any, weights_path: Path, work: Workload) -> dict[str, A
             count = len(src_all)
             start = time.perf_counter()
             results, decode_s, steps = [], 0.0, 0
-            for rows in chunks(count, work.batch):
+            for rows in chunks(count, work.rows):
                 src = torch.from_numpy(src_all[rows]).long()
                 enc = reference.encode(src, images_all[torch.from_numpy(image_all[rows])], None)
                 if task == "classification":
@@ -324,6 +343,48 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def bench_jax_only(work: Workload, dtype: str, machine: dict[str, Any]) -> None:
+    """Our side alone, random weights from the model's own initialisers, on the default JAX backend (the
+    GPU check): per task and for the whole workflow, seconds, tokens/s, images/s and ms per image."""
+    from tools.bench.forward import model_config
+
+    cfg, overrides = model_config(work.size, work.image_size)
+    if dtype != "float32":
+        cfg = cfg.replace(dtype=dtype)
+    print(f"[decode] {work.size} batch {work.batch} {dtype}: JAX only ...", file=sys.stderr, flush=True)
+    ours = jax_child(cfg, None, work)
+    tj = ours["times"]
+    common = {
+        "bench": "decode_jax_only", "size": work.size, "dtype": dtype, "batch": work.batch, "beam": work.beam,
+        "image_size": work.image_size, "overrides": overrides, "backend": ours["backend"],
+        "device": ours["device"],
+        "workload": {k: v for k, v in dataclasses.asdict(work).items() if k not in ("size", "batch", "beam")},
+    }  # fmt: skip
+    total_tokens = 0
+    for task in ("features", *TASKS):
+        if task == "features":
+            tokens = 0
+        elif task == "classification":
+            tokens = work.questions(task)
+        else:
+            tokens = sum(len(a) for a in ours["answers"][task])
+        total_tokens += tokens
+        print_json_line(
+            {**common, "task": task, "tokens": tokens, "jax_s": tj[task],
+             "jax_tokens_per_s": tokens / tj[task], "jax_images_per_s": work.batch / tj[task]}
+        )  # fmt: skip
+    total = tj["features"] + sum(tj[t] for t in TASKS)
+    print_json_line(
+        {
+            **common, "task": "workflow", "tokens": total_tokens, "jax_s": total,
+            "ms_per_image": 1e3 * total / work.batch, "jax_images_per_s": work.batch / total,
+            "jax_tokens_per_s": total_tokens / total, "report_decode_s": tj["report_decode"],
+            "report_steps": tj["report_steps"], "jax_warmup_s": ours["warmup_s"],
+            "peak_gflops": ours["peak_gflops"], "bandwidth_gbs": ours["bandwidth_gbs"], "machine": machine,
+        }
+    )  # fmt: skip
+
+
 def bench(work: Workload, machine: dict[str, Any]) -> None:
     from tests.models.test_parity_torch import reference_config
     from tools.bench.forward import model_config, write_weights_and_inputs
@@ -372,9 +433,11 @@ def bench(work: Workload, machine: dict[str, Any]) -> None:
         }
         if task == "report":
             steps = tj["report_steps"]
-            flops, moved = step_cost(cfg, work.batch * work.beam, work.batch, work.report_max_len + 1,
+            calls = chunks(work.questions(task), work.rows)
+            sentences = len(calls[0])  # the first call's rows (all calls but the last have as many)
+            flops, moved = step_cost(cfg, sentences * work.beam, sentences, work.report_max_len + 1,
                                      grid * grid + work.src_len)  # fmt: skip
-            calls = len(chunks(work.questions(task), work.batch))
+            calls = len(calls)
             per_step = tj["report_decode"] / max(steps, 1)
             record |= {
                 "report_max_len": work.report_max_len,
@@ -433,6 +496,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up (2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", type=int, default=16, help="questions per model call, at least the batch")
+    parser.add_argument(
+        "--jax-only", action="store_true",
+        help="no PyTorch peer: our side alone on the default JAX backend (e.g. a GPU), in this process",
+    )  # fmt: skip
+    parser.add_argument("--dtype", default="float32", help="compute dtype with --jax-only (e.g. bfloat16)")
     parser.add_argument(
         "--torch-threads", nargs="+", type=int, default=None,
         help="PyTorch thread counts to time, best per task (default: 1 and the cores: on a loaded machine "
@@ -468,8 +537,12 @@ def main(argv: list[str] | None = None) -> None:
                 size=size, batch=batch, beam=args.beam, image_size=args.image_size, src_len=args.src_len,
                 labels=args.labels, findings=args.findings, points=args.points, report_max_len=report,
                 seed=args.seed, repeats=args.repeats, torch_threads=tuple(args.torch_threads),
+                rows=max(batch, args.rows),
             )  # fmt: skip
-            bench(work, machine_info())
+            if args.jax_only:
+                bench_jax_only(work, args.dtype, machine_info())
+            else:
+                bench(work, machine_info())
 
 
 if __name__ == "__main__":
