@@ -570,6 +570,8 @@ def cardiothoracic_ratio(
     heart_width = heart_span[1] - heart_span[0]
     if heart_width <= 0:
         return CardiothoracicRatio(None, "heart has zero width", heart_span, thorax_span)
+    if thorax_span[1] <= thorax_span[0]:  # degenerate lung outlines (e.g. an untrained model's answers)
+        return CardiothoracicRatio(None, "thorax has zero width", heart_span, thorax_span)
     ratio = heart_width / (thorax_span[1] - thorax_span[0])
     return CardiothoracicRatio(ratio, None, heart_span, thorax_span)
 

@@ -369,6 +369,10 @@ def test_ctr_undefined_has_a_reason_not_zero():
     assert missing.value is None and missing.reason == "left lung is empty"
     swapped = g.cardiothoracic_ratio(heart, right, left)
     assert swapped.value is None and "right lung on the image's left" in swapped.reason
+    # Degenerate outlines (an untrained model's polygons): both lungs a single vertical line at one x.
+    line = np.array([[5.0, 2.0], [5.0, 9.0], [5.0, 5.0]])
+    flat = g.cardiothoracic_ratio(np.array([[4.0, 3.0], [6.0, 3.0], [5.0, 6.0]]), line, line)
+    assert flat.value is None and flat.reason == "thorax has zero width"
 
 
 def test_ctr_bad_inputs_raise_naming_the_argument():

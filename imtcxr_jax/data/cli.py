@@ -95,6 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     phantom.add_argument(
         "--p-normal", type=float, default=PhantomConfig.p_normal, help="share of normal studies"
     )
+    phantom.add_argument(
+        "--max-shift",
+        type=float,
+        default=PhantomConfig.max_shift,
+        help="positioning: shift by up to this many image sides per axis (default 0)",
+    )
+    phantom.add_argument(
+        "--min-zoom",
+        type=float,
+        default=PhantomConfig.min_zoom,
+        help="positioning: zoom out by a factor in [MIN_ZOOM, 1] (default 1: none)",
+    )
 
     sheet = commands.add_parser(
         "phantom-sheet", help="draw phantoms with their ground truth on a contact sheet"
@@ -149,8 +161,12 @@ def _phantom_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    try:
+        config = PhantomConfig(p_normal=args.p_normal, max_shift=args.max_shift, min_zoom=args.min_zoom)
+    except ValueError as error:
+        print(f"imtcxr data phantom: {error}", file=sys.stderr)
+        return 2
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
-    config = PhantomConfig(p_normal=args.p_normal)
     jobs = [(seed, args.size, config, str(out)) for seed in range(args.seed, args.seed + args.n)]
     partial = out / (MANIFEST + ".partial")
     with open(partial, "w", encoding="utf-8") as file, tqdm(total=args.n, desc="phantoms", unit="img") as bar:

@@ -56,7 +56,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -123,6 +123,10 @@ class PhantomConfig:
       pneumothorax) are graded by their measurement, which at small sizes can differ from the intent; a
       cardiomegaly whose measured CTR is not above 0.51 is not labelled.
     * ``max_rotation_deg``, ``noise``: patient rotation range and a factor on the quantum noise.
+    * ``max_shift``, ``min_zoom``: positioning. The finished radiograph (image, masks, polygons, boxes) is
+      zoomed out by a factor in [``min_zoom``, 1] about its centre and shifted by up to ``max_shift`` image
+      sides per axis, as far as the lungs and heart stay inside (real studies vary in centring and field of
+      view; without it the mean outline of a structure is already a close answer). 0 and 1: no repositioning.
     * ``polygon_points``: points per ground-truth polygon.
     """
 
@@ -133,6 +137,8 @@ class PhantomConfig:
     severity: str | None = None
     max_rotation_deg: float = 4.0
     noise: float = 1.0
+    max_shift: float = 0.0
+    min_zoom: float = 1.0
     polygon_points: int = POLYGON_POINTS
 
     def __post_init__(self) -> None:
@@ -157,6 +163,10 @@ class PhantomConfig:
             raise ValueError(f"max_rotation_deg must be in [0, 15], got {self.max_rotation_deg!r}")
         if not self.noise >= 0:
             raise ValueError(f"noise must be >= 0, got {self.noise!r}")
+        if not 0 <= self.max_shift <= 0.25:
+            raise ValueError(f"max_shift must be in [0, 0.25] image sides, got {self.max_shift!r}")
+        if not 0.5 <= self.min_zoom <= 1:
+            raise ValueError(f"min_zoom must be in [0.5, 1], got {self.min_zoom!r}")
         if self.polygon_points < 3:
             raise ValueError(f"polygon_points must be >= 3, got {self.polygon_points!r}")
 
@@ -247,8 +257,9 @@ def generate_phantom(seed: int, size: int = 512, config: PhantomConfig | None = 
         )
     config = config or PhantomConfig()
     seed, size = int(seed), int(size)
-    anatomy_rng, findings_rng, texture_rng, report_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    # A fifth stream for the positioning: the first four (and so every unrepositioned phantom) are unchanged.
+    anatomy_rng, findings_rng, texture_rng, report_rng, position_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
     )
     anatomy = _sample_anatomy(anatomy_rng, config)
     plans = _plan_findings(findings_rng, config)
@@ -263,8 +274,13 @@ def generate_phantom(seed: int, size: int = 512, config: PhantomConfig | None = 
     if scene.pneumothorax is not None:
         masks["pneumothorax"] = scene.pneumothorax.mask
         pcr = scene.pneumothorax.pcr
-    polygons = {name: geometry.mask_to_polygon(mask, config.polygon_points) for name, mask in masks.items()}
+    # The report is written from the patient as drawn: sizes in cm do not change when the view is zoomed.
     report_findings, report_impression = write_report(findings, ctr.value, pcr, size, report_rng)
+    if config.max_shift > 0 or config.min_zoom < 1:
+        image, masks, findings, lesion_masks = _reposition(
+            image, masks, findings, lesion_masks, position_rng, config
+        )
+    polygons = {name: geometry.mask_to_polygon(mask, config.polygon_points) for name, mask in masks.items()}
     return Phantom(
         seed=seed,
         image=image,
@@ -984,6 +1000,66 @@ def _final_findings(scene: _Scene, ctr: float) -> tuple[tuple[Finding, ...], tup
 def _box(mask: Mask | None) -> tuple[float, float, float, float] | None:
     box = None if mask is None else geometry.mask_to_box(mask)
     return None if box is None else (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Positioning: zoom out and shift the finished radiograph and all its ground truth together
+
+
+def _reposition(
+    image: NDArray[np.uint8],
+    masks: dict[str, Mask],
+    findings: tuple[Finding, ...],
+    lesion_masks: tuple[Mask | None, ...],
+    rng: np.random.Generator,
+    config: PhantomConfig,
+) -> tuple[NDArray[np.uint8], dict[str, Mask], tuple[Finding, ...], tuple[Mask | None, ...]]:
+    """One similarity transform (zoom about the centre, then shift) applied to the image (bilinear) and every
+    mask (nearest); boxes are re-measured from the moved lesion masks. CTR and PCR are ratios and do not move.
+    The shift is drawn within the range that keeps the lungs and heart 2 px inside the image."""
+    size = image.shape[0]
+    zoom = rng.uniform(config.min_zoom, 1.0)
+    centre = (size - 1) / 2
+    anatomy = masks["right_lung"] | masks["left_lung"] | masks["heart"]
+    rows, cols = np.nonzero(anatomy)
+    shift = []
+    for low, high, wanted in (
+        (cols.min(), cols.max(), rng.uniform(-1, 1) * config.max_shift * size),
+        (rows.min(), rows.max(), rng.uniform(-1, 1) * config.max_shift * size),
+    ):
+        lowest = 2 - (centre + (low - centre) * zoom)  # the shift that puts the first pixel at 2
+        highest = size - 3 - (centre + (high - centre) * zoom)
+        shift.append(float(np.clip(wanted, min(lowest, 0.0), max(highest, 0.0))))
+    # PIL maps each output pixel (x, y) to the input pixel (a x + b y + c, d x + e y + f).
+    inverse = (
+        1 / zoom,
+        0.0,
+        centre - (centre + shift[0]) / zoom,
+        0.0,
+        1 / zoom,
+        centre - (centre + shift[1]) / zoom,
+    )
+    corners = np.concatenate([image[:4, :4].ravel(), image[:4, -4:].ravel()])
+    background = int(np.median(corners))  # air outside the body
+
+    def warp(array: NDArray, resample: Image.Resampling, fill: int) -> Image.Image:
+        return Image.fromarray(array).transform(
+            (size, size), Image.Transform.AFFINE, inverse, resample=resample, fillcolor=fill
+        )
+
+    def warp_mask(mask: Mask | None) -> Mask | None:
+        if mask is None:
+            return None
+        return np.asarray(warp(mask.astype(np.uint8) * 255, Image.Resampling.NEAREST, 0)) > 127
+
+    moved_image = np.asarray(warp(image, Image.Resampling.BILINEAR, background))
+    moved_masks = {name: warp_mask(mask) for name, mask in masks.items()}
+    moved_lesions = tuple(warp_mask(mask) for mask in lesion_masks)
+    moved_findings = tuple(
+        finding if finding.box is None else replace(finding, box=_box(mask))
+        for finding, mask in zip(findings, moved_lesions, strict=True)
+    )
+    return moved_image, moved_masks, moved_findings, moved_lesions
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,14 @@ JSON-able dict; restoring it resumes the identical batch sequence. Because batch
 MapDataset stage, worker processes (``num_workers > 0``) each build whole batches by index, and the sequence
 does not depend on the worker count; a saved state is still per-worker, so resume with the same count.
 
+**One family per batch** (``batch_by_family``): each family is batched on its own, its targets padded only to
+its longest example (rounded up to a multiple of 8) instead of ``max_tgt_len``, and whole batches are mixed by
+weight: a yes/no answer no longer pays for a report's decoder length. Each family's batches are sliced
+per host before the mix, and the mix is the same on every host, so the hosts still assemble the
+single-process global batch at every step. The train step compiles once per family length. The weights then
+count batches, not examples, and since the loss is a token mean per batch, a short-answer family weighs more
+per token than in a mixed batch.
+
 Lengths: report targets are cut to the first 128 words (as the original does) when the text is built. Token
 lengths do not depend on augmentation (a box is always 4 bins, a polygon 2N), so every example is measured
 once, before training: an example whose instruction or target still does not fit ``max_src_len`` /
@@ -46,6 +54,7 @@ max_tgt_len                   192               T: target tokens + 1 (EOS / BOS)
 batch_size                    32                global batch; each of the process_count hosts gets 1/process_count
 weights                       cls .15 loc .20   relative mixture weight per family; a family left out or at 0
                               seg .15 rep .50   is not trained
+batch_by_family               False             one family per batch, targets padded per family (above)
 augment                       True              training jitter on (False: resize only)
 rotate_deg                    3.0               jitter: rotation in [-r, r] degrees
 scale                         0.05              jitter: scale factor in [1 - s, 1 + s]
@@ -117,6 +126,7 @@ class PipelineConfig:
     max_tgt_len: int = 192
     batch_size: int = 32
     weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    batch_by_family: bool = False
     augment: bool = True
     rotate_deg: float = 3.0
     scale: float = 0.05
@@ -150,8 +160,9 @@ class PipelineConfig:
             raise ValueError(
                 f"data config: resize_mode {self.resize_mode!r} is not one of {augment.RESIZE_MODES}"
             )
-        if not isinstance(self.augment, bool):
-            raise ValueError(f"data config: augment must be True or False, got {self.augment!r}")
+        for name in ("augment", "batch_by_family"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"data config: {name} must be True or False, got {getattr(self, name)!r}")
         if self.too_long not in TOO_LONG_POLICIES:
             raise ValueError(f"data config: too_long {self.too_long!r} is not one of {TOO_LONG_POLICIES}")
         if not 0.0 <= self.evidence_fraction <= 1.0:
@@ -316,6 +327,8 @@ class ExampleMaker:
         self.tokenizer = tokenizer
         self.config = config
         self.augment_images = augment_images
+        # Target length T per family when batches hold one family (`batch_by_family`); else max_tgt_len.
+        self.target_lengths: dict[str, int] = {}
 
     def fit(self, ref: ExampleRef) -> augment.CanvasTransform:
         """The resize of ``ref``'s image (no jitter, no file read)."""
@@ -354,7 +367,8 @@ class ExampleMaker:
         if len(src) > config.max_src_len or len(target) + 1 > config.max_tgt_len:
             # Lengths are screened before training; reaching this means the screening was bypassed.
             raise ValueError(f"{record.where}: {ref} is longer than max_src_len / max_tgt_len")
-        arrays = frame(src, target, config.max_src_len, config.max_tgt_len)
+        target_length = self.target_lengths.get(ref.family, config.max_tgt_len)
+        arrays = frame(src, target, config.max_src_len, target_length)
         arrays["images"] = images
         arrays["task"] = np.int32(TASK_FAMILIES.index(ref.family))
         return Sample(ref, text, truth, transform, arrays)
@@ -375,6 +389,7 @@ class PipelineReport:
     skipped: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # family
     skipped_by_task: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # Task
     skipped_examples: list[str] = dataclasses.field(default_factory=list)  # first few, with lengths
+    longest_target: dict[str, int] = dataclasses.field(default_factory=dict)  # family -> tokens + 1, kept
 
     def summary(self) -> str:
         kept = ", ".join(f"{family} {count}" for family, count in self.examples.items())
@@ -390,6 +405,7 @@ class PipelineReport:
             "skipped": dict(self.skipped),
             "skipped_by_task": dict(self.skipped_by_task),
             "skipped_examples": list(self.skipped_examples),
+            "longest_target": dict(self.longest_target),
         }
 
 
@@ -399,11 +415,12 @@ def screen_examples(
     """The refs whose tokens fit the configured lengths; the others are counted in ``report_`` (or, with
     ``too_long="error"``, the first raises ValueError naming the record)."""
     config = maker.config
-    kept = []
+    kept, longest = [], 0
     for ref in refs:
         src_len, tgt_len = maker.lengths(ref)
         if src_len <= config.max_src_len and tgt_len <= config.max_tgt_len:
             kept.append(ref)
+            longest = max(longest, tgt_len)
             continue
         message = (
             f"{maker.records[ref.record].where}: {ref.task} {ref.subject!r}: source {src_len} tokens "
@@ -416,6 +433,7 @@ def screen_examples(
         if len(report_.skipped_examples) < MAX_REPORTED_SKIPS:
             report_.skipped_examples.append(message)
     report_.examples[family] = len(kept)
+    report_.longest_target[family] = longest
     return kept
 
 
@@ -501,16 +519,26 @@ def make_train_dataset(
             .repeat()  # after the shuffle: a new permutation every epoch
             .random_map(maker, seed=_derived_seed(seed, 1, family))
         )
+        if config.batch_by_family:
+            # Host p takes this family's batches p, p + P, ... (see the mixed case below), before the mix.
+            longest = pipeline_report.longest_target[family]
+            maker.target_lengths[family] = min(-(-longest // 8) * 8, config.max_tgt_len)
+            dataset = dataset.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
         datasets.append(dataset)
         weights.append(weight)
     if pipeline_report.skipped:
         log.warning("input pipeline: %s", pipeline_report.summary())
     else:
         log.info("input pipeline: %s", pipeline_report.summary())
+    if config.batch_by_family:
+        log.info("input pipeline: one family per batch, target lengths %s", maker.target_lengths)
 
     mixed = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
-    # Host p takes batches p, p + P, ...: at step k it holds global elements k G + p B .. k G + (p + 1) B - 1.
-    batched = mixed.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
+    if config.batch_by_family:
+        batched = mixed
+    else:
+        # Host p takes batches p, p + P, ...: at step k it holds global elements k G + p B .. (p + 1) B - 1.
+        batched = mixed.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
     read_options = grain.ReadOptions(
         num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_batches
     )

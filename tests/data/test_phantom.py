@@ -399,3 +399,45 @@ def test_cli_rejects_bad_arguments(tmp_path):
         cli.cli_main(["phantom", "--n", "0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         cli.cli_main(["phantom", "--n", "1", "--size", "16", "--out", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Positioning
+
+
+def test_repositioning_moves_image_and_every_ground_truth_together():
+    moved_config = PhantomConfig(max_shift=0.1, min_zoom=0.75)
+    centres, plain_centres = [], []
+    for seed in range(12):
+        plain, moved = generate_phantom(seed, 128), generate_phantom(seed, 128, moved_config)
+        assert moved.labels == plain.labels and moved.report == plain.report and moved.ctr == plain.ctr
+        # One zoom for everything: each structure's area shrinks by the same factor (nearest resampling
+        # moves a mask's border by at most a pixel).
+        ratios = [moved.masks[k].sum() / plain.masks[k].sum() for k in ("right_lung", "left_lung", "heart")]
+        assert max(ratios) - min(ratios) < 0.06, ratios
+        # The lungs and heart stay 2 px inside the image; the polygons follow the moved masks.
+        anatomy = moved.masks["right_lung"] | moved.masks["left_lung"] | moved.masks["heart"]
+        rows, cols = np.nonzero(anatomy)
+        assert rows.min() >= 1 and cols.min() >= 1 and rows.max() <= 126 and cols.max() <= 126
+        for name, polygon in moved.polygons.items():
+            filled = geometry.polygon_to_mask(polygon, (128, 128))
+            assert geometry.dice(filled, moved.masks[name]) > 0.9, name
+        # The picture moved with them: the lungs are darker than the heart, as before.
+        assert moved.image[moved.masks["right_lung"]].mean() < moved.image[moved.masks["heart"]].mean() - 20
+        # Boxes are the tight boxes of the moved lesions.
+        for finding, lesion in zip(moved.findings, moved.lesion_masks, strict=True):
+            if finding.box is not None:
+                assert finding.box == tuple(float(v) for v in geometry.mask_to_box(lesion))
+        # CTR measured on the moved masks is still the recorded one (a ratio: zoom and shift cancel).
+        measured = geometry.cardiothoracic_ratio(
+            moved.masks["heart"], moved.masks["left_lung"], moved.masks["right_lung"]
+        )
+        assert abs(measured.value - moved.ctr) < 0.03
+        centres.append(np.argwhere(moved.masks["heart"]).mean(axis=0))
+        plain_centres.append(np.argwhere(plain.masks["heart"]).mean(axis=0))
+    # Positions really vary much more than the unrepositioned anatomy's.
+    assert np.std(centres, axis=0).min() > 2 * np.std(plain_centres, axis=0).min()
+    with pytest.raises(ValueError, match="max_shift"):
+        PhantomConfig(max_shift=0.5)
+    with pytest.raises(ValueError, match="min_zoom"):
+        PhantomConfig(min_zoom=0.2)

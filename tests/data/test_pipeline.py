@@ -299,3 +299,39 @@ def test_worker_processes_give_the_same_batches_and_resume(data):
         _assert_same_batches(_take(resumed, 2), threads[2:])
     finally:
         resumed.close()
+
+
+def test_batch_by_family_pads_each_family_to_its_own_length(data):
+    by_family = _dataset(data, {"batch_by_family": True})
+    lengths = by_family.report.longest_target
+    seen: dict[int, int] = {}
+    for batch in _take(iter(by_family), 24):
+        families = set(batch["task"].tolist())
+        assert len(families) == 1  # one family per batch
+        family = pipeline.TASK_FAMILIES[families.pop()]
+        width = batch["target"].shape[1]
+        # The family's longest example, rounded up to a multiple of 8 (and never above max_tgt_len).
+        assert width == min(-(-lengths[family] // 8) * 8, CONFIG["max_tgt_len"]) and width % 8 == 0
+        assert batch["prev"].shape == batch["target"].shape
+        assert np.all((batch["target"] == EOS_ID).sum(axis=1) == 1)  # nothing was cut
+        seen[width] = seen.get(width, 0) + 1
+    assert len(seen) >= 3  # the short families really are shorter than the reports
+    assert min(seen) < max(seen) <= CONFIG["max_tgt_len"]
+
+
+def test_batch_by_family_hosts_partition_the_global_stream_and_resume(data):
+    config = {"batch_by_family": True, "batch_size": 8}
+    single = _take(iter(_dataset(data, config)), 6)
+    hosts = [_take(iter(_dataset(data, config, process_index=p, process_count=2)), 6) for p in range(2)]
+    for step, global_batch in enumerate(single):
+        for key, value in global_batch.items():
+            np.testing.assert_array_equal(
+                np.concatenate([hosts[p][step][key] for p in range(2)]), value, err_msg=key
+            )
+    iterator = iter(_dataset(data, config))
+    _take(iterator, 2)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = _take(iterator, 3)
+    resumed = iter(_dataset(data, config))
+    resumed.set_state(state)
+    _assert_same_batches(_take(resumed, 3), expected)
