@@ -24,14 +24,25 @@ def base_config(model_size: str = "micro") -> ml_collections.ConfigDict:
     # Tokenizer: "trained" (byte-level BPE trained on the training texts; the offline default) or "ofa".
     c.tokenizer = ml_collections.ConfigDict({"kind": "trained", "vocab_size": 2048, "bpe_dir": ""})
 
-    # Dataset: phantom radiographs generated into the workdir, or existing folders in the manifest format.
+    # Dataset: phantom radiographs generated into the workdir, existing folders in the manifest format, or real
+    # datasets built with `imtcxr data build NAME --manual-dir DL --out DATA_DIR` (README "Real datasets").
     c.dataset = ml_collections.ConfigDict()
-    c.dataset.source = "phantom"  # "phantom" (generated on first use) or "manifest" (train_dir / eval_dir)
+    c.dataset.source = "phantom"  # "phantom" (generated on first use), "manifest" (train/eval_dir), "tfds"
     c.dataset.train_dir = ""
     c.dataset.eval_dir = ""
+    # source "tfds": data_dir is the --out folder of the builds; datasets the builders to mix, comma-separated,
+    # each NAME or NAME:SPLIT (the split trained on, default train), e.g. "mimic_cxr,vindr_cxr,chexmask". Their
+    # records are pooled and every record feeds only the task families its dataset annotates (a family with a
+    # weight in data.weights needs one dataset that annotates it). Held out (evaluation during training and
+    # `imtcxr eval --checkpoint W`): each dataset's validation split where it was built, else its test split
+    # (never a split it trains on).
+    c.dataset.data_dir = ""
+    c.dataset.datasets = ""
     c.dataset.train_examples = 2000  # phantoms generated for training (seeds 0..n-1)
     c.dataset.eval_examples = 100  # held-out phantoms (seeds from 1_000_000 on, never trained on)
     c.dataset.phantom_size = 256  # pixels of the generated phantom files
+    c.dataset.phantom_max_shift = 0.0  # positioning variation of the phantoms (imtcxr data phantom --max-shift)
+    c.dataset.phantom_min_zoom = 1.0  # ... and --min-zoom
 
     # Input pipeline (imtcxr_jax/data/pipeline.py documents every key); batch_size is the global batch.
     c.data = default_config()

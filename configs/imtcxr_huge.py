@@ -3,9 +3,16 @@
 published checkpoints index into).
 
   # 8 x V100 per node (float16, no bfloat16 on Volta): launch/slurm_v100.sbatch
-  imtcxr train --config configs/imtcxr_huge.py --workdir W --config.model.dtype=float16 --config.mesh="(-1,8,1)"
+  imtcxr train --config configs/imtcxr_huge.py --workdir W --config.dataset.data_dir=/data/tfds \
+      --config.model.dtype=float16 --config.mesh="(-1,8,1)"
   # TPU pod slice (bfloat16): launch/tpu_pod.sh
-  imtcxr train --config configs/imtcxr_huge.py --workdir W --config.model.dtype=bfloat16 --config.mesh="(1,-1,1)"
+  imtcxr train --config configs/imtcxr_huge.py --workdir W --config.dataset.data_dir=/data/tfds \
+      --config.model.dtype=bfloat16 --config.mesh="(1,-1,1)"
+
+Data: the paper's training sets built with `imtcxr data build NAME --manual-dir DL --out /data/tfds` (README
+"Real datasets"): MIMIC-CXR (classification, reports), VinDr-CXR and ChestX-Det (boxes), CheXmask and SIIM-ACR
+(outlines); the paper's PadChest and CXR-AL14 sets have no builder. To train on the released IMT-CXR TSVs
+instead: --config.dataset.datasets=imtcxr_tsv. Held out: each dataset's validation split, else its test split.
 
 `total_steps` = 30 epochs of the training set / 256; set it for your data (e.g. --config.total_steps=...).
 """
@@ -20,7 +27,9 @@ def get_config():
     )
     c.tokenizer.kind = "ofa"
     c.tokenizer.bpe_dir = "../shared/data/ofa-bpe"
-    c.dataset.source = "manifest"
+    c.dataset.source = "tfds"
+    c.dataset.data_dir = ""  # required: the --out folder of `imtcxr data build`
+    c.dataset.datasets = "mimic_cxr,vindr_cxr,chestx_det,chexmask,siim"
     c.data.image_size = 512
     c.data.resize_mode = "stretch"  # as the original
     c.data.max_src_len = 128

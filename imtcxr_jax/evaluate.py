@@ -409,22 +409,25 @@ def evaluate_suite(
 
 def cli_main(argv: list[str]) -> int:
     """`imtcxr eval --checkpoint W [--data DIR] [--per-task N]`: score a training workdir's newest checkpoint
-    on held-out data (default: the workdir's held-out phantoms); prints the scores as a JSON last line.
+    on held-out data (default: the workdir's own -- its held-out phantoms, the manifest eval_dir, or the
+    held-out splits of its built datasets); prints the scores as a JSON last line.
 
     `imtcxr eval --checkpoint W --config EVAL_CONFIG [--out DIR] [--config.KEY=VALUE ...]`: run the paper's
     protocols of an evaluation config (configs/eval_paper.py, configs/eval_phantom.py) and write results.md,
     results.json and ROC-curve PNGs into DIR (default W/eval); the JSON last line names the files."""
     import argparse
     import json
+    import sys
     from pathlib import Path
 
     from imtcxr_jax.data.pipeline import make_eval_examples
-    from imtcxr_jax.data.sources import load_records
-    from imtcxr_jax.train.loop import load_trained_model
+    from imtcxr_jax.train.loop import load_data, load_trained_model
 
     parser = argparse.ArgumentParser(prog="imtcxr eval", description=cli_main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="a training workdir")
-    parser.add_argument("--data", help="a folder in the manifest format (default: WORKDIR/data/eval)")
+    parser.add_argument(
+        "--data", help="a folder in the manifest format (default: the workdir's held-out data)"
+    )
     parser.add_argument("--per-task", type=int, default=64, help="examples per task (default 64)")
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--config", help="an evaluation config (protocol suite), e.g. configs/eval_paper.py")
@@ -434,12 +437,14 @@ def cli_main(argv: list[str]) -> int:
         parser.error(f"{' '.join(overrides) or '--out'} needs --config (an evaluation config)")
     if args.config is not None:
         return _suite_main(args, overrides, parser)
+    try:  # the data first: a missing folder fails before the model loads
+        data = Path(args.data) if args.data else _held_out_data(Path(args.checkpoint))
+        records, images = load_data(data)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"imtcxr eval: error: {error}", file=sys.stderr)
+        return 2
     model, tokenizer, config, step = load_trained_model(args.checkpoint)
-    data = Path(args.data) if args.data else Path(args.checkpoint) / "data" / "eval"
-    records, rejected = load_records(data)
-    if rejected.counts:
-        print(f"{data}: {rejected.summary()}")
-    eval_set = make_eval_examples(records, data, tokenizer, config.data)
+    eval_set = make_eval_examples(records, images, tokenizer, config.data)
     scores = evaluate(
         model, eval_set, tokenizer, per_task=args.per_task, beam_size=args.beam,
         max_report_len=config.data.max_tgt_len,
@@ -449,6 +454,36 @@ def cli_main(argv: list[str]) -> int:
             print(f"{key:>32}: {value:.4f}")
     print(json.dumps({"step": step, **scores}))
     return 0
+
+
+def _held_out_data(workdir):
+    """The held-out data a training workdir names (`train.loop.held_out_data`); for built datasets that cannot
+    be read here, a ValueError saying what to pass instead."""
+    from imtcxr_jax.train.experiment import config_from_json
+    from imtcxr_jax.train.loop import held_out_data
+
+    path = workdir / "config.json"
+    if not path.is_file():  # a converted checkpoint, say: no held-out data of its own
+        return workdir / "data" / "eval"
+    config = config_from_json(path.read_text())
+    if config.dataset.source != "tfds":
+        return held_out_data(config, workdir)
+    instead = (
+        "pass --data FOLDER (the manifest format) or run the paper's protocols: "
+        "--config configs/eval_paper.py --config.data_dir=DIR"
+    )
+    try:
+        source = held_out_data(config, workdir)
+    except ValueError as error:
+        raise ValueError(
+            f"{workdir} trained on built datasets not readable here ({error}); {instead}"
+        ) from None
+    if not source.splits:
+        raise ValueError(
+            f"{workdir}: none of its datasets ({config.dataset.datasets}) has a validation or test split; "
+            + instead
+        )
+    return source
 
 
 def _suite_main(args, overrides: list[str], parser) -> int:

@@ -3,12 +3,15 @@
 The workdir holds everything needed to use its checkpoints elsewhere:
   config.json · tokenizer.json · model.json (the resolved ModelConfig) · checkpoints/<step>/ · metrics.jsonl ·
   tensorboard/ · training_curve.png · data/ (generated phantoms, when the dataset is "phantom")
+Manifest folders and built TFDS datasets (config.dataset.source "manifest" / "tfds") stay where they are; the
+config names them, so `imtcxr eval --checkpoint W` finds the held-out data while they are at the same path.
 Started again on the same workdir, training resumes from the newest readable checkpoint, with the data
 iterator, RNG and optimizer exactly where they were; steps after the checkpoint are re-run and logged again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -23,7 +26,7 @@ from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from imtcxr_jax.data.pipeline import build_tokenizer, make_eval_examples, make_train_dataset
-from imtcxr_jax.data.sources import load_records
+from imtcxr_jax.data.sources import Record, load_records
 from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.sharding import make_mesh
 from imtcxr_jax.text.tokenizer import OfaTokenizer, Tokenizer, load_tokenizer
@@ -49,16 +52,113 @@ class NonFiniteLossError(FloatingPointError):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Path]:
-    """Folders (train, eval) in the manifest format; phantoms are generated once into the workdir."""
+@dataclasses.dataclass(frozen=True)
+class TfdsSplits:
+    """Splits of datasets built by `imtcxr data build` under ``data_dir``, as (name, split) pairs, in order."""
+
+    data_dir: Path
+    splits: tuple[tuple[str, str], ...]
+
+
+DataSource = Path | TfdsSplits  # a folder in the manifest format, or splits of built datasets
+HELD_OUT_SPLITS = ("validation", "test")  # a tfds dataset's held-out split: the first of these that was built
+
+
+def _tfds_entries(ds: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """config.dataset.datasets ("name[:split],...") -> [(name, training split)]; ValueError naming the key."""
+    from imtcxr_jax.data.tfds import BUILDERS
+
+    entries = []
+    for item in (part.strip() for part in str(ds.datasets).split(",")):
+        if not item:
+            continue
+        name, _, split = item.partition(":")
+        name, split = name.strip(), split.strip() or "train"
+        if name not in BUILDERS:
+            raise ValueError(
+                f"config.dataset.datasets: unknown dataset {name!r}; expected builder names from: "
+                f"{', '.join(BUILDERS)}"
+            )
+        if (name, split) in entries:
+            raise ValueError(f"config.dataset.datasets: {name}:{split} is listed twice")
+        entries.append((name, split))
+    if not entries:
+        raise ValueError(
+            "config.dataset.datasets: empty; with source 'tfds' list the built datasets to train on, "
+            "e.g. --config.dataset.datasets=mimic_cxr,vindr_cxr,chexmask"
+        )
+    return entries
+
+
+def tfds_splits(config: ml_collections.ConfigDict, *, held_out: bool = False) -> TfdsSplits:
+    """The training splits of config.dataset.datasets under config.dataset.data_dir, or (``held_out``) each
+    dataset's held-out split: validation where it was built, else test, never one it trains on (a dataset
+    with neither is left out, with a warning). ValueError naming the key when a dataset or split is missing."""
+    from imtcxr_jax.data.tfds import dataset_dir
+
     ds = config.dataset
+    if not ds.data_dir:
+        raise ValueError(
+            "config.dataset.data_dir: required with source 'tfds' (the --out folder of `imtcxr data build`)"
+        )
+    data_dir = Path(ds.data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(
+            f"config.dataset.data_dir: {data_dir} is not a directory (run `imtcxr data build` first)"
+        )
+    entries = _tfds_entries(ds)
+    splits: list[tuple[str, str]] = []
+    for name in dict.fromkeys(name for name, _ in entries):
+        try:
+            folder = dataset_dir(data_dir, name)
+        except FileNotFoundError as error:
+            raise ValueError(f"config.dataset.datasets: {error}") from None
+        built = sorted(p.name[len("records-") : -len(".jsonl")] for p in folder.glob("records-*.jsonl"))
+        trained = [split for entry, split in entries if entry == name]
+        if not held_out:
+            for split in trained:
+                if split not in built:
+                    raise ValueError(
+                        f"config.dataset.datasets: {folder} has no split {split!r} (built: {built})"
+                    )
+                splits.append((name, split))
+            continue
+        choice = next((s for s in HELD_OUT_SPLITS if s in built and s not in trained), None)
+        if choice is None:
+            log.warning(
+                "%s: no validation or test split apart from %s; none of it is held out", folder, trained
+            )
+        else:
+            splits.append((name, choice))
+    return TfdsSplits(data_dir, tuple(splits))
+
+
+def held_out_data(config: ml_collections.ConfigDict, workdir: str | Path) -> DataSource:
+    """Where a workdir's held-out examples are, creating nothing: its phantoms (``W/data/eval``), the manifest
+    eval_dir, or the held-out splits of its built datasets (`tfds_splits`)."""
+    ds = config.dataset
+    if ds.source == "tfds":
+        return tfds_splits(config, held_out=True)
+    if ds.source == "manifest":
+        return Path(ds.eval_dir)
+    return Path(workdir) / "data" / "eval"
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[DataSource, DataSource]:
+    """The (train, eval) data: folders in the manifest format (phantoms are generated once into the
+    workdir), or for source "tfds" the `TfdsSplits` to train on and to hold out. `load_data` reads either."""
+    ds = config.dataset
+    if ds.source == "tfds":
+        return tfds_splits(config), tfds_splits(config, held_out=True)
     if ds.source == "manifest":
         for name in ("train_dir", "eval_dir"):
             if not ds[name] or not (Path(ds[name]) / "manifest.jsonl").is_file():
                 raise ValueError(f"config.dataset.{name}: {ds[name]!r} has no manifest.jsonl")
         return Path(ds.train_dir), Path(ds.eval_dir)
     if ds.source != "phantom":
-        raise ValueError(f"config.dataset.source: got {ds.source!r}, expected 'phantom' or 'manifest'")
+        raise ValueError(
+            f"config.dataset.source: got {ds.source!r}, expected 'phantom', 'manifest' or 'tfds'"
+        )
     from imtcxr_jax.data.cli import cli_main as data_cli
 
     folders = []
@@ -74,11 +174,50 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path
                 str(config.seed + seed),
                 "--size",
                 str(ds.phantom_size),
+                "--max-shift",
+                str(ds.phantom_max_shift),
+                "--min-zoom",
+                str(ds.phantom_min_zoom),
             ]
             if data_cli([*args, "--out", str(folder)]) != 0:
                 raise RuntimeError(f"phantom generation into {folder} failed")
         folders.append(folder)
     return folders[0], folders[1]
+
+
+def load_data(source: DataSource) -> tuple[list[Record], Any]:
+    """(records, images) of a `prepare_data` source: images is the folder, or a `data.tfds.TfdsImages` (what
+    `make_train_dataset` / `make_eval_examples` take). Rejected rows are logged, not fatal."""
+    if isinstance(source, TfdsSplits):
+        from imtcxr_jax.data.tfds import TfdsImages, read_records
+
+        records: list[Record] = []
+        for name, split in source.splits:
+            part, rejected = read_records(source.data_dir, name, split)
+            if rejected.counts:
+                log.warning("%s %s: %s", name, split, rejected.summary())
+            records += part
+        return records, TfdsImages(source.data_dir)
+    records, rejected = load_records(source)
+    if rejected.counts:
+        log.warning("data %s: %s", source, rejected.summary())
+    return records, source
+
+
+def check_families(config: ml_collections.ConfigDict, records: list[Record], source: DataSource) -> None:
+    """Built datasets annotate only some task families (`DatasetRecord.families`): a family with a mixture
+    weight > 0 that none of them annotates is an error naming the weight to zero."""
+    if not isinstance(source, TfdsSplits):
+        return
+    annotated = {family for record in records for family in getattr(record, "families", TASK_FAMILIES)}
+    for family in TASK_FAMILIES:
+        if config.data.weights.get(family, 0) > 0 and family not in annotated:
+            names = ", ".join(dict.fromkeys(name for name, _ in source.splits))
+            raise ValueError(
+                f"config.data.weights.{family}: {config.data.weights[family]}, but none of the datasets "
+                f"({names}) annotates {family} (theirs: {sorted(annotated)}); add one that does or set "
+                f"--config.data.weights.{family}=0"
+            )
 
 
 def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path, records) -> Tokenizer:
@@ -136,10 +275,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
 
     # Process 0 generates the phantoms and trains the tokenizer while the others wait; they then find both.
     with primary_first("workdir set-up"):
-        train_dir, eval_dir = prepare_data(config, workdir)
-        train_records, rejected = load_records(train_dir)
-        if rejected.counts:
-            log.warning("training data %s: %s", train_dir, rejected.summary())
+        train_source, eval_source = prepare_data(config, workdir)
+        train_records, train_images = load_data(train_source)
+        check_families(config, train_records, train_source)
         tokenizer = prepare_tokenizer(config, workdir, train_records)
     cfg = model_config(config, tokenizer)
     if is_primary():
@@ -162,7 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     )  # fmt: skip
 
     dataset = make_train_dataset(
-        train_records, train_dir, tokenizer, config.data, seed=config.seed,
+        train_records, train_images, tokenizer, config.data, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )  # fmt: skip
     data_iter = iter(dataset)
@@ -181,8 +319,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
 
     eval_set = None
     if evaluate_fn is not None and config.eval_every > 0:
-        eval_records, _ = load_records(eval_dir)
-        eval_set = make_eval_examples(eval_records, eval_dir, tokenizer, config.data)
+        eval_records, eval_images = load_data(eval_source)
+        eval_set = make_eval_examples(eval_records, eval_images, tokenizer, config.data)
 
     stop = _StopFlag()
     writer = MetricsWriter(workdir)
