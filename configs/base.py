@@ -43,6 +43,7 @@ def base_config(model_size: str = "micro") -> ml_collections.ConfigDict:
     c.dataset.phantom_size = 256  # pixels of the generated phantom files
     c.dataset.phantom_max_shift = 0.0  # positioning variation of the phantoms (imtcxr data phantom --max-shift)
     c.dataset.phantom_min_zoom = 1.0  # ... and --min-zoom
+    c.dataset.phantom_finding_weights = ""  # "LABEL=W,..." (--finding-weights); "": every finding label
 
     # Input pipeline (imtcxr_jax/data/pipeline.py documents every key); batch_size is the global batch.
     c.data = default_config()

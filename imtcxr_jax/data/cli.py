@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
         "--p-normal", type=float, default=PhantomConfig.p_normal, help="share of normal studies"
     )
     phantom.add_argument(
+        "--finding-weights",
+        type=_finding_weights,
+        default=None,
+        metavar="LABEL=W,...",
+        help="relative frequency of each finding label (labels left out are never drawn; default: all)",
+    )
+    phantom.add_argument(
         "--max-shift",
         type=float,
         default=PhantomConfig.max_shift,
@@ -138,6 +145,20 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _finding_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """'cardiomegaly=1,pleural effusion=0.5' -> (("cardiomegaly", 1.0), ("pleural effusion", 0.5))."""
+    pairs = []
+    for item in text.split(","):
+        label, equals, weight = item.partition("=")
+        try:
+            pairs.append((label.strip(), float(weight)))
+        except ValueError:
+            equals = ""
+        if not equals:
+            raise argparse.ArgumentTypeError(f"expected LABEL=WEIGHT, got {item!r}")
+    return tuple(pairs)
+
+
 def _image_size(text: str) -> int:
     value = int(text)
     if not MIN_SIZE <= value <= MAX_SIZE:
@@ -162,7 +183,12 @@ def _phantom_command(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        config = PhantomConfig(p_normal=args.p_normal, max_shift=args.max_shift, min_zoom=args.min_zoom)
+        config = PhantomConfig(
+            p_normal=args.p_normal,
+            max_shift=args.max_shift,
+            min_zoom=args.min_zoom,
+            finding_weights=args.finding_weights or PhantomConfig.finding_weights,
+        )
     except ValueError as error:
         print(f"imtcxr data phantom: {error}", file=sys.stderr)
         return 2

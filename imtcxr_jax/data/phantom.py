@@ -150,6 +150,8 @@ class PhantomConfig:
             _check_label(label, "finding_weights")
             if not weight >= 0:
                 raise ValueError(f"finding_weights: weight of {label!r} must be >= 0, got {weight!r}")
+        if not any(weight > 0 for _, weight in self.finding_weights):
+            raise ValueError("finding_weights: at least one label needs a weight > 0")
         if self.findings is not None:
             if isinstance(self.findings, str):
                 raise ValueError(f"findings must be a tuple of labels, got the string {self.findings!r}")

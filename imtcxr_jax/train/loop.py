@@ -179,6 +179,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
                 "--min-zoom",
                 str(ds.phantom_min_zoom),
             ]
+            if ds.phantom_finding_weights:
+                args += ["--finding-weights", ds.phantom_finding_weights]
             if data_cli([*args, "--out", str(folder)]) != 0:
                 raise RuntimeError(f"phantom generation into {folder} failed")
         folders.append(folder)
@@ -326,6 +328,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     writer = MetricsWriter(workdir)
     sharding = batch_sharding(mesh)
     last: dict[str, Any] = {}
+    # Per-family loss sums and target tokens since the last log line: one family may not be in the logged step.
+    family_totals = np.zeros((2, len(TASK_FAMILIES)))
     progress = tqdm(
         range(start, config.total_steps),
         initial=start,
@@ -345,8 +349,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
                     "(set --config.nan_policy=skip to skip such steps)"
                 )
             done = step + 1
+            if finite:  # a skipped step is counted in skipped_steps, not averaged in
+                tokens = np.asarray(metrics["task_tokens"], np.float64)
+                family_totals += (np.asarray(metrics["task_loss"], np.float64) * tokens, tokens)
             if done % config.log_every == 0 or done == config.total_steps:
-                last = _scalars(done, metrics, state, time.perf_counter() - t0, config)
+                last = _scalars(done, metrics, state, time.perf_counter() - t0, family_totals)
+                family_totals[:] = 0
                 writer.write(last)
                 progress.set_postfix(loss=f"{loss:.3f}")
             if evaluate_fn is not None and eval_set is not None and done % config.eval_every == 0:
@@ -376,7 +384,9 @@ def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
-def _scalars(step: int, metrics, state, seconds: float, config) -> dict[str, Any]:
+def _scalars(step: int, metrics, state, seconds: float, family_totals: np.ndarray) -> dict[str, Any]:
+    """The log line of `step`: its loss, gradient norm and tokens, and per family the token-mean loss over the
+    steps since the previous log line (``family_totals``: loss sums and tokens per family)."""
     out = {
         "step": step,
         "loss": float(metrics["loss"]),
@@ -385,11 +395,9 @@ def _scalars(step: int, metrics, state, seconds: float, config) -> dict[str, Any
         "skipped_steps": int(state.skipped_steps),
         "step_seconds": round(seconds, 4),
     }
-    for family, value, tokens in zip(
-        TASK_FAMILIES, metrics["task_loss"], metrics["task_tokens"], strict=True
-    ):
-        if int(tokens):
-            out[f"loss/{family}"] = float(value)
+    for family, total, tokens in zip(TASK_FAMILIES, *family_totals, strict=True):
+        if tokens:
+            out[f"loss/{family}"] = float(total / tokens)
     if "loss_scale" in metrics:
         out["loss_scale"] = float(metrics["loss_scale"])
     return out

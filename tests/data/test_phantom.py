@@ -441,3 +441,40 @@ def test_repositioning_moves_image_and_every_ground_truth_together():
         PhantomConfig(max_shift=0.5)
     with pytest.raises(ValueError, match="min_zoom"):
         PhantomConfig(min_zoom=0.2)
+
+
+def test_cli_positioning_and_finding_weights(tmp_path, capsys):
+    out = tmp_path / "focused"
+    args = [
+        "phantom",
+        "--n",
+        "4",
+        "--size",
+        "64",
+        "--out",
+        str(out),
+        "--max-shift",
+        "0.05",
+        "--min-zoom",
+        "0.9",
+    ]
+    weights = "cardiomegaly=1, pneumothorax=0.5"
+    assert cli.cli_main([*args, "--finding-weights", weights]) == 0
+    config = PhantomConfig(
+        max_shift=0.05, min_zoom=0.9, finding_weights=(("cardiomegaly", 1.0), ("pneumothorax", 0.5))
+    )
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert set(row["labels"]) <= {"cardiomegaly", "pneumothorax", NO_FINDING}
+        assert row == json.loads(
+            json.dumps(generate_phantom(row["seed"], 64, config).to_record(row["image"]))
+        )
+    with pytest.raises(SystemExit):
+        cli.cli_main([*args, "--overwrite", "--finding-weights", "cardiomegaly"])
+    assert "expected LABEL=WEIGHT" in capsys.readouterr().err
+    assert cli.cli_main([*args, "--overwrite", "--finding-weights", "dragon pox=1"]) == 2
+    assert "unknown finding label 'dragon pox'" in capsys.readouterr().err
+    assert cli.cli_main([*args, "--overwrite", "--max-shift", "0.6"]) == 2
+    assert "max_shift" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least one label"):
+        PhantomConfig(finding_weights=(("cardiomegaly", 0.0),))
