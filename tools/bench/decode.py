@@ -504,8 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", help="compute dtype with --jax-only (e.g. bfloat16)")
     parser.add_argument(
         "--torch-threads", nargs="+", type=int, default=None,
-        help="PyTorch thread counts to time, best per task (default: 1 and the cores: on a loaded machine "
-        "PyTorch's multi-threaded regions stall, one thread is then faster)",
+        help="PyTorch thread counts to time, best per task (default: 1 and the cores, --quick: 1; on a loaded "
+        "machine PyTorch's multi-threaded regions stall and one thread is faster)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     quick = args.quick
@@ -519,7 +519,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "report_max_len": 16 if quick else 95,
         "repeats": 1 if quick else 2,
     }
-    defaults["torch_threads"] = sorted({1, cpu_count()})
+    defaults["torch_threads"] = [1] if quick else sorted({1, cpu_count()})
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
