@@ -176,11 +176,7 @@ def jax_child(cfg: Any, weights_path: Path, work: Workload) -> dict[str, Any]:
                 steps += int(result.steps)
                 results.append([row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)])
             times[task] = time.perf_counter() - start
-            if task == "classification":
-                lp = np.concatenate(results)[:count].astype(np.float64)
-                answers[task] = (1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0]))).tolist()
-            else:
-                answers[task] = [a for batch in results for a in batch][:count]
+            answers[task] = _task_answers(task, results, count)
             if task == "report":
                 times["report_decode"], times["report_steps"] = decode_s, steps
         return times, answers
@@ -198,6 +194,15 @@ def jax_child(cfg: Any, weights_path: Path, work: Workload) -> dict[str, Any]:
         "times": best, "answers": answers, "warmup_s": compile_s, "device": str(device.device_kind),
         "backend": jax.default_backend(), **_roofline_measurements(),
     }  # fmt: skip
+
+
+def _task_answers(task: str, results: list, count: int) -> list:
+    """One side's answers to compare: P(yes) per presence question (from the [yes, no] log-probs), else the
+    token lists, batches flattened and the padding rows dropped."""
+    if task == "classification":
+        lp = np.concatenate(results)[:count].astype(np.float64)
+        return (1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0]))).tolist()
+    return [a for batch in results for a in batch][:count]
 
 
 def _roofline_measurements() -> dict[str, float]:
@@ -284,11 +289,7 @@ def torch_child(ref_cfg: Any, weights_path: Path, work: Workload) -> dict[str, A
                 steps += run_steps
                 results.append([f[0][1] if f else [] for f in finalised])
             times[task] = time.perf_counter() - start
-            if task == "classification":
-                lp = np.concatenate(results)[:count].astype(np.float64)
-                answers[task] = (1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0]))).tolist()
-            else:
-                answers[task] = [a for batch in results for a in batch][:count]
+            answers[task] = _task_answers(task, results, count)
             if task == "report":
                 times["report_decode"], times["report_steps"] = decode_s, steps
         return times, answers
