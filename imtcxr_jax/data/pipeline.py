@@ -530,11 +530,10 @@ def make_train_dataset(
         log.warning("input pipeline: %s", pipeline_report.summary())
     else:
         log.info("input pipeline: %s", pipeline_report.summary())
-    if config.batch_by_family:
-        log.info("input pipeline: one family per batch, target lengths %s", maker.target_lengths)
 
     mixed = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
     if config.batch_by_family:
+        log.info("input pipeline: one family per batch, target lengths %s", maker.target_lengths)
         batched = mixed
     else:
         # Host p takes batches p, p + P, ...: at step k it holds global elements k G + p B .. (p + 1) B - 1.
