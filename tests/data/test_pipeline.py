@@ -231,6 +231,8 @@ def test_config_keys_are_checked():
         pipeline.PipelineConfig(weights={"vqa": 1.0})
     with pytest.raises(ValueError, match="resize_mode"):
         pipeline.PipelineConfig(resize_mode="crop")
+    with pytest.raises(ValueError, match="batch_by_family must be True or False, got 'yes'"):
+        pipeline.PipelineConfig(batch_by_family="yes")
     partial = pipeline.PipelineConfig(weights={"report": 1.0})
     assert partial.weights == {"classification": 0.0, "localization": 0.0, "segmentation": 0.0, "report": 1.0}
 
