@@ -77,18 +77,9 @@ NEG_INF = -jnp.inf
 NGRAM_BOUND = 4  # no_repeat_ngram_size 0..4 are traced values of one compiled search
 
 # Decoder-cache fields that hold the same value for every hypothesis of a sentence (they derive from the
-# encoder output or from positions only), so reordering beams within a sentence leaves them unchanged. They
-# are kept as they are instead of gathered: the cross-attention keys/values are the largest arrays of the
-# cache and copying them every step would dominate the step's memory traffic. Any other field (a new one
-# included) is gathered.
-_BEAM_INVARIANT_CACHE_FIELDS = (
-    "cross_keys",
-    "cross_values",
-    "cross_position_keys",
-    "encoder_padding_mask",
-    "self_position_keys",
-)
-# Of those, the fields with one row per sentence (shared by its K hypotheses, see `Decoder.step`).
+# encoder output), so reordering beams within a sentence leaves them unchanged. They hold one row per sentence,
+# shared by its K hypotheses (see `Decoder.step`), and are never gathered: the cross-attention keys/values are
+# the largest arrays of the cache. Any other field (a new one included) is gathered.
 _SHARED_CACHE_FIELDS = ("cross_keys", "cross_values", "cross_position_keys", "encoder_padding_mask")
 
 
@@ -529,10 +520,9 @@ def _beam_step(
     chosen_scores = jnp.take_along_axis(cand_scores, order, axis=1).reshape(-1)
     tokens = s.tokens[parent].at[:, t + 1].set(chosen)
     cumulative = s.cumulative[parent].at[:, t].set(chosen_scores)
-    invariant = {name: getattr(cache, name) for name in _BEAM_INVARIANT_CACHE_FIELDS}
+    shared = {name: getattr(cache, name) for name in _SHARED_CACHE_FIELDS}
     # The shared fields have B rows, not B*K: only the other fields are gathered.
-    cache = cache.replace(**{name: () for name in _SHARED_CACHE_FIELDS}).gather(parent)
-    cache = cache.replace(**invariant)
+    cache = cache.replace(**{name: () for name in _SHARED_CACHE_FIELDS}).gather(parent).replace(**shared)
     constraint_state = s.constraint_state
     if constraint is not None:
         constraint_state = constraint.advance(jax.tree.map(lambda a: a[parent], constraint_state), chosen)

@@ -25,6 +25,7 @@ from imtcxr_jax.models.transformer import (
     DecoderLayer,
     EncoderLayer,
     attention_scaling,
+    heads_first,
     image_grid_buckets,
     image_position_ids,
     split_heads,
@@ -48,20 +49,23 @@ class EncoderOutput:
 @struct.dataclass
 class DecoderCache:
     """Everything one decoding step needs besides the parameters. Every array is batch-major (axis 0 = batch)
-    so that beam search can reorder it with `gather`; `index` is the number of positions already written."""
+    so that beam search can reorder it with `gather`; `index` is the number of positions already written.
 
-    self_keys: tuple[jax.Array, ...]  # per layer (B, Tmax, H, hd)
+    Keys and values are stored head-major, (B, H, T, hd): a step's attention is then a dot batched over
+    (B, H) that reads them in place. In the (B, T, H, hd) layout of the projections, XLA transposes the whole
+    cache for every layer at every step (on a CPU ~10x the cost of the attention itself)."""
+
+    self_keys: tuple[jax.Array, ...]  # per layer (B, H, Tmax, hd)
     self_values: tuple[jax.Array, ...]
-    cross_keys: tuple[jax.Array, ...]  # per layer (B, S, H, hd), projected once from the encoder output
+    cross_keys: tuple[jax.Array, ...]  # per layer (B, H, S, hd), projected once from the encoder output
     cross_values: tuple[jax.Array, ...]
-    self_position_keys: jax.Array  # (B, Tmax, H, hd) projected decoder position vectors
-    cross_position_keys: jax.Array  # (B, S, H, hd) projected encoder position vectors
+    cross_position_keys: jax.Array  # (B, H, S, hd) projected encoder position vectors
     encoder_padding_mask: jax.Array  # (B, S)
     index: jax.Array  # () int32
 
     @property
     def max_length(self) -> int:
-        return self.self_position_keys.shape[1]
+        return self.self_keys[0].shape[2]
 
     def gather(self, batch_indices: jax.Array) -> DecoderCache:
         """Reorder/select batch rows (e.g. surviving beams) of every per-example array."""
@@ -323,16 +327,14 @@ class Decoder(nnx.Module):
         self._check_length(max_length)
         batch = enc.hidden.shape[0]
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        empty = jnp.zeros((batch, max_length, cfg.heads, cfg.head_dim), dt)
+        empty = jnp.zeros((batch, cfg.heads, max_length, cfg.head_dim), dt)
         cross = [layer.encoder_attn.project_key_value(enc.hidden) for layer in self.layers]
-        self_pos_k = self._self_position_keys(max_length)
         return DecoderCache(
             self_keys=tuple(empty for _ in self.layers),
             self_values=tuple(empty for _ in self.layers),
-            cross_keys=tuple(k for k, _ in cross),
-            cross_values=tuple(v for _, v in cross),
-            self_position_keys=jnp.broadcast_to(self_pos_k[None], (batch, *self_pos_k.shape)),
-            cross_position_keys=self._cross_position_keys(enc),
+            cross_keys=tuple(heads_first(k) for k, _ in cross),
+            cross_values=tuple(heads_first(v) for _, v in cross),
+            cross_position_keys=heads_first(self._cross_position_keys(enc)),
             encoder_padding_mask=enc.padding_mask,
             index=jnp.zeros((), jnp.int32),
         )
@@ -352,8 +354,9 @@ class Decoder(nnx.Module):
         max_length = cache.max_length
         x = self._embed(tokens, positions, embed_tokens, False, None)
         self_q, cross_q = self._position_queries(positions)
-        self_abs = jnp.einsum("qhd,bkhd->bhqk", self_q, cache.self_position_keys)
-        cross_bias = jnp.einsum("qhd,bkhd->bhqk", cross_q, cache.cross_position_keys)
+        # The position keys depend on positions only: projected here, once for every row (cheap: Tmax x D).
+        self_abs = jnp.einsum("qhd,khd->hqk", self_q, self._self_position_keys(max_length))[None]
+        cross_bias = jnp.einsum("qhd,bhkd->bhqk", cross_q, cache.cross_position_keys)
         if group > 1:  # the g rows of a group are query positions of one cross-attention row
             cross_bias = jnp.tile(cross_bias, (1, 1, group, 1))
         self_mask = (jnp.arange(max_length)[None, :] > positions[:, None])[None, None]

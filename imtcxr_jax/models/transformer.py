@@ -79,6 +79,11 @@ def split_heads(x: jax.Array, heads: int) -> jax.Array:
     return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
 
 
+def heads_first(x: jax.Array) -> jax.Array:
+    """(B, T, H, hd) -> (B, H, T, hd), the layout of the decoder cache (`DecoderCache`)."""
+    return jnp.swapaxes(x, 1, 2)
+
+
 def attention_scaling(cfg: ModelConfig) -> float:
     """s = (hd * attn_scale_factor)^-1/2, used for content and position queries alike (spec §5)."""
     return (cfg.head_dim * cfg.attn_scale_factor) ** -0.5
@@ -94,14 +99,17 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     deterministic: bool = True,
     rngs: nnx.Rngs | None = None,
+    kv_heads_first: bool = False,
 ) -> jax.Array:
-    """q (B, Tq, H, hd) already scaled, k/v (B, Tk, H, hd), bias (B|1, H, Tq, Tk) float, mask broadcastable to
-    (B, H, Tq, Tk) with True = may not attend. Returns (B, Tq, H, hd)."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias.astype(jnp.float32)
+    """q (B, Tq, H, hd) already scaled, k/v (B, Tk, H, hd) or, with `kv_heads_first`, (B, H, Tk, hd) (the
+    decoder cache), bias (B|1, H, Tq, Tk) float, mask broadcastable to (B, H, Tq, Tk) with True = may not
+    attend. Returns (B, Tq, H, hd)."""
+    kv = "bhkd" if kv_heads_first else "bkhd"
+    logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k).astype(jnp.float32) + bias.astype(jnp.float32)
     logits = jnp.where(mask, -jnp.inf, logits)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     probs = dropout(probs, dropout_rate, deterministic=deterministic, rngs=rngs)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return jnp.einsum(f"bhqk,{kv}->bqhd", probs, v)
 
 
 class Attention(nnx.Module):
@@ -134,11 +142,14 @@ class Attention(nnx.Module):
         *,
         train: bool,
         rngs: nnx.Rngs | None,
+        kv_heads_first: bool = False,
     ) -> jax.Array:
-        """Attention over projected q/k/v, then the per-head scale and out_proj. Returns (B, Tq, D)."""
+        """Attention over projected q/k/v (k/v head-major with `kv_heads_first`), then the per-head scale and
+        out_proj. Returns (B, Tq, D)."""
         o = dot_product_attention(
-            q, k, v, bias, mask, dropout_rate=self.attention_dropout, deterministic=not train, rngs=rngs
-        )
+            q, k, v, bias, mask, dropout_rate=self.attention_dropout, deterministic=not train, rngs=rngs,
+            kv_heads_first=kv_heads_first,
+        )  # fmt: skip
         o = o * self.c_attn[...].astype(o.dtype)[:, None]
         return self.out_proj(o.reshape(*o.shape[:-2], -1))
 
@@ -227,21 +238,24 @@ class DecoderLayer(nnx.Module):
         train: bool,
         rngs: nnx.Rngs | None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x (B, T, D). Without a cache (`self_kv` None) keys/values come from x itself (teacher forcing).
-        With one, this step's keys/values are written into `self_kv` (B, Tmax, H, hd) at `cache_index` and
-        the queries attend over the whole cache (the mask hides the unwritten future). Returns the new x and
-        the self-attention keys/values (the updated cache). cross_group g > 1: x holds g consecutive rows per
-        row of `cross_kv` (the hypotheses of one sentence in beam search); their queries attend to that
-        row's keys together (the rows become query positions), instead of g tiled copies of the keys."""
+        """x (B, T, D). Without a cache (`self_kv` None) keys/values come from x itself (teacher forcing) and
+        `cross_kv` is (B, S, H, hd). With one (decoding), every key/value array is head-major: this step's
+        keys/values are written into `self_kv` (B, H, Tmax, hd) at `cache_index`, the queries attend over
+        the whole cache (the mask hides the unwritten future), and `cross_kv` is (B, H, S, hd). Returns the
+        new x and the self-attention keys/values (the updated cache). cross_group g > 1: x holds g consecutive
+        rows per row of `cross_kv` (the hypotheses of one sentence in beam search); their queries attend to
+        that row's keys together (the rows become query positions), instead of g tiled copies of the keys."""
+        cached = self_kv is not None
         y = self.self_attn_layer_norm(x)
         k, v = self.self_attn.project_key_value(y)
-        if self_kv is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(self_kv[0], k.astype(self_kv[0].dtype), start)
-            v = jax.lax.dynamic_update_slice(self_kv[1], v.astype(self_kv[1].dtype), start)
+        if cached:
+            start = (0, 0, cache_index, 0)
+            k = jax.lax.dynamic_update_slice(self_kv[0], heads_first(k).astype(self_kv[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(self_kv[1], heads_first(v).astype(self_kv[1].dtype), start)
         y = self.self_attn.attend(
-            self.self_attn.project_query(y), k, v, self_bias, self_mask, train=train, rngs=rngs
-        )
+            self.self_attn.project_query(y), k, v, self_bias, self_mask, train=train, rngs=rngs,
+            kv_heads_first=cached,
+        )  # fmt: skip
         x = x + _close_branch(self, self.self_attn_ln(y), train, rngs)
 
         y = self.encoder_attn_layer_norm(x)
@@ -249,7 +263,9 @@ class DecoderLayer(nnx.Module):
         rows, length = q.shape[:2]
         if cross_group > 1:
             q = q.reshape(rows // cross_group, cross_group * length, *q.shape[2:])
-        y = self.encoder_attn.attend(q, *cross_kv, cross_bias, cross_mask, train=train, rngs=rngs)
+        y = self.encoder_attn.attend(
+            q, *cross_kv, cross_bias, cross_mask, train=train, rngs=rngs, kv_heads_first=cached
+        )
         y = y.reshape(rows, length, y.shape[-1])
         x = x + _close_branch(self, self.cross_attn_ln(y), train, rngs)
 
