@@ -1129,8 +1129,10 @@ def _render(scene: _Scene, rng: np.random.Generator) -> NDArray[np.uint8]:
     air *= both
     if fill is not None:
         air *= 1 - fill
-    if pleural_air is not None:  # no lung tissue there: more air, so darker
-        air[pleural_air] *= _F32(1.3)
+    if pleural_air is not None:
+        # No lung tissue there: twice the lung's air, so the rim is nearly black, as on a real film. (At 1.3x a
+        # mild pneumothorax was invisible at 128 px, where the main job trains.)
+        air[pleural_air] *= _F32(2.0)
     density -= air
     vessels = _vessels(scene, grid, textures, rng)
     vessels *= tissue["right"] | tissue["left"]  # none beyond the edge of a collapsed lung
@@ -1139,9 +1141,9 @@ def _render(scene: _Scene, rng: np.random.Generator) -> NDArray[np.uint8]:
     density += vessels
     if solid is not None:
         density += solid
-    if ptx is not None:  # the visceral pleural line at the retracted lung's edge
+    if ptx is not None:  # the visceral pleural line at the retracted lung's edge, a bright hairline
         lung = tissue[ptx.side]
-        density[lung & ~_erode(lung) & _erode(lungs[ptx.side] | heart)] += _F32(0.05)
+        density[lung & ~_erode(lung) & _erode(lungs[ptx.side] | heart)] += _F32(0.1)
     density = _blur121(density, scale=-a.exposure)  # soft edges on the render grid, before magnifying
     # Exposure: transmitted fraction -> film brightness through a random window. The blur below sums 16
     # weighted pixels, so the scale it divides by is folded in here, on the smaller grid.
