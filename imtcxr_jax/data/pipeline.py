@@ -62,6 +62,10 @@ translate                     0.03              jitter: shift in [-t, t] canvas 
 brightness                    0.1               jitter: brightness factor in [1 - b, 1 + b]
 contrast                      0.1               jitter: contrast factor in [1 - c, 1 + c]
 evidence_fraction             0.5               share of report examples prompted with ground-truth evidence
+presence_questions            "sampled"         "sampled": each record's labels plus as many absent ones (the
+                                                original's rows); "all": every label of the records' vocabulary
+                                                for every record (the same image asked about each finding in
+                                                turn, so that the answer must depend on the label asked about)
 too_long                      "skip"            "skip" (count, log, leave out) or "error"
 num_workers                   0                 0: threads only; > 0: grain worker processes (mp_prefetch)
 num_threads                   4                 grain reader threads
@@ -106,6 +110,7 @@ log = logging.getLogger(__name__)
 TASK_FAMILIES = ("classification", "localization", "segmentation", "report")
 DEFAULT_WEIGHTS = {"classification": 0.15, "localization": 0.20, "segmentation": 0.15, "report": 0.50}
 TOO_LONG_POLICIES = ("skip", "error")
+PRESENCE_QUESTIONS = ("sampled", "all")
 MAX_REPORTED_SKIPS = 5
 
 Batch = dict[str, np.ndarray]
@@ -134,6 +139,7 @@ class PipelineConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     evidence_fraction: float = 0.5
+    presence_questions: str = "sampled"
     too_long: str = "skip"
     num_workers: int = 0
     num_threads: int = 4
@@ -163,6 +169,10 @@ class PipelineConfig:
         for name in ("augment", "batch_by_family"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"data config: {name} must be True or False, got {getattr(self, name)!r}")
+        if self.presence_questions not in PRESENCE_QUESTIONS:
+            raise ValueError(
+                f"data config: presence_questions {self.presence_questions!r} is not one of {PRESENCE_QUESTIONS}"
+            )
         if self.too_long not in TOO_LONG_POLICIES:
             raise ValueError(f"data config: too_long {self.too_long!r} is not one of {TOO_LONG_POLICIES}")
         if not 0.0 <= self.evidence_fraction <= 1.0:
@@ -506,7 +516,10 @@ def make_train_dataset(
         weight = config.weights[family]
         if weight == 0:
             continue
-        refs = enumerate_examples(records, family, seed=seed, evidence_fraction=config.evidence_fraction)
+        refs = enumerate_examples(
+            records, family, seed=seed, evidence_fraction=config.evidence_fraction,
+            all_presence=config.presence_questions == "all",
+        )  # fmt: skip
         refs = screen_examples(supported_examples(refs, records), maker, family, pipeline_report)
         if not refs:
             raise ValueError(

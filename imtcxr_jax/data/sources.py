@@ -567,10 +567,14 @@ def enumerate_examples(
     seed: int = 0,
     negative_labels: Sequence[str] | None = None,
     evidence_fraction: float = 0.5,
+    all_presence: bool = False,
 ) -> list[ExampleRef]:
-    """The training examples of one task family (one of `FAMILIES`), deterministic in ``seed``."""
+    """The training examples of one task family (one of `FAMILIES`), deterministic in ``seed``.
+    ``all_presence``: see `classification_examples`."""
     if family == "classification":
-        return classification_examples(records, seed=seed, negative_labels=negative_labels)
+        return classification_examples(
+            records, seed=seed, negative_labels=negative_labels, all_presence=all_presence
+        )
     if family == "localization":
         return localization_examples(records)
     if family == "segmentation":

@@ -233,8 +233,21 @@ def test_config_keys_are_checked():
         pipeline.PipelineConfig(resize_mode="crop")
     with pytest.raises(ValueError, match="batch_by_family must be True or False, got 'yes'"):
         pipeline.PipelineConfig(batch_by_family="yes")
+    with pytest.raises(ValueError, match="presence_questions 'every' is not one of"):
+        pipeline.PipelineConfig(presence_questions="every")
     partial = pipeline.PipelineConfig(weights={"report": 1.0})
     assert partial.weights == {"classification": 0.0, "localization": 0.0, "segmentation": 0.0, "report": 1.0}
+
+
+def test_presence_questions_all_asks_every_label_of_every_record(data):
+    records, _, _ = data
+    vocabulary = sources.label_vocabulary(records)
+    only = {"weights": {"classification": 1.0}}
+    sampled = _dataset(data, only).report.examples["classification"]
+    every = _dataset(data, {**only, "presence_questions": "all"}).report.examples["classification"]
+    # Sampled: each label of a record plus as many absent ones (at least one); all: every label, every record.
+    asked = sum(len(r.labels) + min(len(vocabulary) - len(r.labels), max(1, len(r.labels))) for r in records)
+    assert every - sampled == len(records) * len(vocabulary) - asked > 0
 
 
 def test_task_families_match_the_train_step():
