@@ -25,7 +25,7 @@ import pytest
 from flax import nnx
 
 from imtcxr_jax.decoding import beam_search, decode_batch
-from imtcxr_jax.decoding.beam_search import _ngram_bans, _process_lprobs, _search
+from imtcxr_jax.decoding.beam_search import _ngram_bans, _process_lprobs, _search, _top_candidates
 from imtcxr_jax.models.imtcxr import EncoderOutput
 from tests.decoding import encode, random_inputs, random_model
 
@@ -299,6 +299,23 @@ def test_the_reference_candidate_selection_is_a_stable_sort():
         for count in (1, 6, 10):
             expected = np.argsort(-scores, kind="stable")[:count]
             np.testing.assert_array_equal(top_candidates(scores, count), expected)
+
+
+@pytest.mark.parametrize("vocab", [2, 5, 37])
+def test_two_stage_candidates_equal_one_stable_sort_of_all_scores(vocab):
+    # Many ties and -inf rows: the per-hypothesis then per-sentence top-k must pick exactly the flat
+    # stable order (score descending, then flat index beam * V + token ascending).
+    rng = np.random.default_rng(vocab)
+    batch, k, n = 3, 4, 8
+    for _ in range(20):
+        scores = rng.integers(-2, 2, (batch, k, vocab)).astype(np.float32)
+        scores[rng.random((batch, k, vocab)) < 0.4] = -np.inf
+        scores[:, 1:][rng.random(batch) < 0.3] = -np.inf  # a sentence where only beam 0 competes
+        best, beams, tokens = _top_candidates(jnp.asarray(scores), n)
+        for b in range(batch):
+            flat = np.argsort(-scores[b].reshape(-1), kind="stable")[:n]
+            np.testing.assert_array_equal(np.asarray(beams[b]) * vocab + np.asarray(tokens[b]), flat)
+            np.testing.assert_array_equal(np.asarray(best[b]), scores[b].reshape(-1)[flat])
 
 
 def test_log_prob_processing_of_spec_14_2_b_c():
