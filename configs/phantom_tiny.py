@@ -1,4 +1,4 @@
-"""The main job: an OFA-architecture model sized for a CPU, trained on phantom radiographs (~15 min, 2 cores).
+"""The main job: an OFA-architecture model sized for a CPU, trained on phantom radiographs (~16 min, 2 cores).
 
   imtcxr train --config configs/phantom_tiny.py --workdir runs/phantom_tiny
 
@@ -37,12 +37,15 @@ def get_config():
     # the image-reading families get more of them than the (long, cheap to learn) reports.
     c.data.batch_by_family = True
     c.data.weights = dict(classification=0.45, localization=0.2, segmentation=0.2, report=0.15)
-    c.total_steps = 1800
+    # Every image asked about every finding: with only its own labels and as many absent ones sampled, the
+    # model answered "is there any finding?" whatever the label (a presence probe: mean AUC 0.70 -> 0.75).
+    c.data.presence_questions = "all"
+    c.total_steps = 1600
     c.warmup_steps = 100
     c.learning_rate = 1e-3  # 2e-3 learnt boxes but not outlines (Dice below the mean polygon)
     c.log_every = 25
-    c.checkpoint_every = 600
-    c.eval_every = 600
+    c.checkpoint_every = 800
+    c.eval_every = 800
     c.eval_examples_per_task = 64
     c.beam_size = 1
     return c

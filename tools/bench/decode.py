@@ -327,6 +327,31 @@ def step_cost(cfg: Any, rows: int, sentences: int, cache_len: int, source_len: i
     return float(flops), float(4 * (weights + caches))
 
 
+def report_roofline(cfg: Any, work: Workload, ours: dict[str, Any]) -> dict[str, Any]:
+    """The report's beam search against the roofline measured in the JAX child (module docstring)."""
+    grid = -(-work.image_size // 16)  # the trunk has stride 16
+    steps = ours["times"]["report_steps"]
+    calls = chunks(work.questions("report"), work.rows)
+    sentences = len(calls[0])  # the first call's rows (all calls but the last have as many)
+    flops, moved = step_cost(
+        cfg, sentences * work.beam, sentences, work.report_max_len + 1, grid * grid + work.src_len
+    )
+    per_step = ours["times"]["report_decode"] / max(steps, 1)
+    return {
+        "report_max_len": work.report_max_len,
+        "decode_steps": steps,
+        "jax_decode_s": ours["times"]["report_decode"],
+        "step_gflop": flops / 1e9,
+        "step_mb": moved / 2**20,
+        "jax_step_ms": 1e3 * per_step,
+        "achieved_gflops": flops / per_step / 1e9 if len(calls) == 1 else None,
+        "peak_gflops": ours["peak_gflops"],
+        "bandwidth_gbs": ours["bandwidth_gbs"],
+        "flop_roofline_fraction": flops / per_step / 1e9 / ours["peak_gflops"],
+        "memory_roofline_fraction": moved / per_step / 1e9 / ours["bandwidth_gbs"],
+    }
+
+
 def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for task in TASKS:
@@ -370,9 +395,10 @@ def bench_jax_only(work: Workload, dtype: str, machine: dict[str, Any]) -> None:
         else:
             tokens = sum(len(a) for a in ours["answers"][task])
         total_tokens += tokens
+        roofline = report_roofline(cfg, work, ours) if task == "report" else {}
         print_json_line(
             {**common, "task": task, "tokens": tokens, "jax_s": tj[task],
-             "jax_tokens_per_s": tokens / tj[task], "jax_images_per_s": work.batch / tj[task]}
+             "jax_tokens_per_s": tokens / tj[task], "jax_images_per_s": work.batch / tj[task], **roofline}
         )  # fmt: skip
     total = tj["features"] + sum(tj[t] for t in TASKS)
     print_json_line(
@@ -400,7 +426,6 @@ def bench(work: Workload, machine: dict[str, Any]) -> None:
         print(f"[decode] {work.size} batch {work.batch}: PyTorch ...", file=sys.stderr, flush=True)
         theirs = run_isolated(torch_child, reference_config(cfg), path, work)
     checks = compare(ours, theirs)
-    grid = -(-work.image_size // 16)
     common = {
         "bench": "decode",
         "size": work.size,
@@ -433,27 +458,10 @@ def bench(work: Workload, machine: dict[str, Any]) -> None:
             **checks[task],
         }
         if task == "report":
-            steps = tj["report_steps"]
-            calls = chunks(work.questions(task), work.rows)
-            sentences = len(calls[0])  # the first call's rows (all calls but the last have as many)
-            flops, moved = step_cost(cfg, sentences * work.beam, sentences, work.report_max_len + 1,
-                                     grid * grid + work.src_len)  # fmt: skip
-            calls = len(calls)
-            per_step = tj["report_decode"] / max(steps, 1)
             record |= {
-                "report_max_len": work.report_max_len,
-                "decode_steps": steps,
-                "jax_decode_s": tj["report_decode"],
                 "torch_decode_s": tt["report_decode"],
                 "decode_speedup": tt["report_decode"] / tj["report_decode"],
-                "step_gflop": flops / 1e9,
-                "step_mb": moved / 2**20,
-                "jax_step_ms": 1e3 * per_step,
-                "achieved_gflops": flops / per_step / 1e9 if calls == 1 else None,
-                "peak_gflops": ours["peak_gflops"],
-                "bandwidth_gbs": ours["bandwidth_gbs"],
-                "flop_roofline_fraction": flops / per_step / 1e9 / ours["peak_gflops"],
-                "memory_roofline_fraction": moved / per_step / 1e9 / ours["bandwidth_gbs"],
+                **report_roofline(cfg, work, ours),
             }
         print_json_line(record)
     workflow_j = tj["features"] + sum(tj[t] for t in TASKS)
