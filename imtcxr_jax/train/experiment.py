@@ -33,6 +33,12 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:
+    if isinstance(current, ml_collections.ConfigDict):
+        first = next(iter(current.keys()), "KEY")
+        raise ValueError(
+            f"--config.{key}: is a group of keys ({sorted(current.keys())}); set them one at a time, e.g. "
+            f"--config.{key}.{first}=VALUE"
+        )
     if isinstance(current, bool):
         if text.lower() in ("true", "1", "yes"):
             return True
