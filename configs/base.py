@@ -41,9 +41,7 @@ def base_config(model_size: str = "micro") -> ml_collections.ConfigDict:
     c.dataset.train_examples = 2000  # phantoms generated for training (seeds 0..n-1)
     c.dataset.eval_examples = 100  # held-out phantoms (seeds from 1_000_000 on, never trained on)
     c.dataset.phantom_size = 256  # pixels of the generated phantom files
-    c.dataset.phantom_max_shift = (
-        0.0  # positioning variation of the phantoms (imtcxr data phantom --max-shift)
-    )
+    c.dataset.phantom_max_shift = 0.0  # positioning of the phantoms (imtcxr data phantom --max-shift)
     c.dataset.phantom_min_zoom = 1.0  # ... and --min-zoom
     c.dataset.phantom_finding_weights = ""  # "LABEL=W,..." (--finding-weights); "": every finding label
 

@@ -57,7 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `python tools/bench/...`
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from tools.bench.common import cpu_count, machine_info, print_json_line, run_isolated
+from tools.bench.common import cpu_count, machine_info, matmul_peak_gflops, print_json_line, run_isolated
 
 TASKS = ("classification", "localization", "segmentation", "report")
 ANATOMY = 3
@@ -210,15 +210,6 @@ def _roofline_measurements() -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
-    n = 2048
-    a = jnp.ones((n, n), jnp.float32)
-    dot = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(dot(a))
-    flops = []
-    for _ in range(5):
-        start = time.perf_counter()
-        jax.block_until_ready(dot(a))
-        flops.append(2 * n**3 / (time.perf_counter() - start))
     # Bandwidth: the best of a read-only pass (XLA reduction; a decode step mostly reads weights and caches)
     # and numpy's copy (read + write into an existing buffer; XLA's elementwise passes allocate their
     # output, and first-touch page faults make them look several times slower than the memory is).
@@ -234,7 +225,7 @@ def _roofline_measurements() -> dict[str, float]:
         start = time.perf_counter()
         np.copyto(copy, host)
         bandwidth.append(2 * host.nbytes / (time.perf_counter() - start))
-    return {"peak_gflops": max(flops) / 1e9, "bandwidth_gbs": max(bandwidth) / 1e9}
+    return {"peak_gflops": matmul_peak_gflops(), "bandwidth_gbs": max(bandwidth) / 1e9}
 
 
 # ---------------------------------------------------------------------------------------------------------

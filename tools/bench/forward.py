@@ -207,18 +207,30 @@ def torch_child(ref_cfg: Any, data_path: Path, repeats: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def bench_size(size: str, args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
-    """One JSON record: both frameworks on the same weights and inputs, each in a fresh child process."""
-    from tests.models.test_parity_torch import reference_config, relative_error
+def run_both_sides(
+    bench: str, size: str, args: argparse.Namespace, jax_fn: Any, torch_fn: Any
+) -> tuple[Any, dict[str, int], dict[str, Any], dict[str, Any]]:
+    """Draw `size`'s random reference weights and one batch into a temporary file, then run
+    `jax_fn(cfg, path, args.repeats)` and `torch_fn(reference cfg, path, args.repeats)` each in a fresh child
+    process. Returns (our config, its overrides, our result, theirs)."""
+    from tests.models.test_parity_torch import reference_config
 
     cfg, overrides = model_config(size, args.image_size)
-    with tempfile.TemporaryDirectory(prefix="bench_forward_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"bench_{bench}_") as tmp:
         data_path = Path(tmp) / "weights_and_inputs.npz"
         write_weights_and_inputs(data_path, reference_config(cfg), cfg.vocab_size, args)
-        print(f"[forward] {size}: JAX ...", file=sys.stderr, flush=True)
-        ours = run_isolated(jax_child, cfg, data_path, args.repeats)
-        print(f"[forward] {size}: PyTorch ...", file=sys.stderr, flush=True)
-        theirs = run_isolated(torch_child, reference_config(cfg), data_path, args.repeats)
+        print(f"[{bench}] {size}: JAX ...", file=sys.stderr, flush=True)
+        ours = run_isolated(jax_fn, cfg, data_path, args.repeats)
+        print(f"[{bench}] {size}: PyTorch ...", file=sys.stderr, flush=True)
+        theirs = run_isolated(torch_fn, reference_config(cfg), data_path, args.repeats)
+    return cfg, overrides, ours, theirs
+
+
+def bench_size(size: str, args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
+    """One JSON record: both frameworks on the same weights and inputs, each in a fresh child process."""
+    from tests.models.test_parity_torch import relative_error
+
+    _, overrides, ours, theirs = run_both_sides("forward", size, args, jax_child, torch_child)
     return {
         "bench": "forward",
         "size": size,

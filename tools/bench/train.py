@@ -44,23 +44,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `python tools/bench/...`
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from tools.bench.common import cpu_count, machine_info, print_json_line, run_isolated, time_calls
-from tools.bench.forward import model_config, read_weights_and_inputs, write_weights_and_inputs
+from tools.bench.common import cpu_count, machine_info, matmul_peak_gflops, print_json_line, time_calls
+from tools.bench.forward import read_weights_and_inputs, run_both_sides
 
 DEFAULT_SIZES = ("micro", "ofa_tiny", "ofa_base")
 LEARNING_RATE = 1e-4
 CLIP_NORM = 1.0
-
-
-def matmul_peak_gflops() -> float:
-    """A jitted 2048x2048 float32 matmul: the best of 5 calls, GFLOP/s."""
-    import jax
-    import jax.numpy as jnp
-
-    n = 2048
-    a = jnp.ones((n, n), jnp.float32)
-    dot = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / min(time_calls(lambda: jax.block_until_ready(dot(a)), repeats=5)) / 1e9
 
 
 def _batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -160,16 +149,8 @@ def torch_child(ref_cfg: Any, data_path: Path, repeats: int) -> dict[str, Any]:
 
 
 def bench_size(size: str, args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
-    from tests.models.test_parity_torch import reference_config
-
-    cfg, overrides = model_config(size, args.image_size)
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        data_path = Path(tmp) / "weights_and_inputs.npz"
-        write_weights_and_inputs(data_path, reference_config(cfg), cfg.vocab_size, args)
-        print(f"[train] {size}: JAX ...", file=sys.stderr, flush=True)
-        ours = run_isolated(jax_child, cfg, data_path, args.repeats)
-        print(f"[train] {size}: PyTorch ...", file=sys.stderr, flush=True)
-        theirs = run_isolated(torch_child, reference_config(cfg), data_path, args.repeats)
+    """One JSON record: both train steps on the same weights and batch, each in a fresh child process."""
+    _, overrides, ours, theirs = run_both_sides("train", size, args, jax_child, torch_child)
     gflop = ours["step_flops"] / 1e9
     return {
         "bench": "train_step",
