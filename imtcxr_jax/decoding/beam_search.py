@@ -366,6 +366,13 @@ def _search(
         last = jax.lax.dynamic_slice_in_dim(s.tokens, t, 1, axis=1)  # (B*K, 1)
         logits, cache = model.decode_step(last, s.cache, output_rows=output_rows)
         logits = logits[:, -1].astype(jnp.float32)  # (B*K, V), or (B*K, C) projected
+        previous = jnp.where(t > 0, s.cumulative[:, jnp.maximum(t - 1, 0)], 0.0)  # (B*K,)
+        if constraint is None:
+            candidates = _candidates_from_logits(
+                logits, previous, s.tokens, t, k, min_len=min_len, max_len=max_len, unk_penalty=unk_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size, ngram_bound=ngram_bound,
+            )  # fmt: skip
+            return _beam_step(s, candidates, cache, constraint, k, max_len, length_penalty)
         if normalize_over == "allowed":  # normalise over the allowed tokens only
             if project_allowed:
                 allowed = constraint.allowed_candidates(s.constraint_state)
@@ -377,9 +384,10 @@ def _search(
             lprobs, s.tokens, t, min_len=min_len, max_len=max_len, unk_penalty=unk_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size, ngram_bound=ngram_bound, ids=ids, columns=columns,
         )  # fmt: skip
-        if constraint is not None and normalize_over == "vocabulary":
+        if normalize_over == "vocabulary":
             lprobs = jnp.where(constraint.allowed(s.constraint_state), lprobs, NEG_INF)
-        return _beam_step(s, lprobs, cache, constraint, k, max_len, length_penalty, ids)
+        candidates = _candidates_from_lprobs(lprobs, previous, t, k, ids)
+        return _beam_step(s, candidates, cache, constraint, k, max_len, length_penalty)
 
     final = jax.lax.while_loop(running, step, init)
     return _collect(final)
@@ -463,28 +471,97 @@ def _ngram_ban_columns(
     return row_ids, jnp.where(match, following, vocab_size)
 
 
+def _candidates_from_lprobs(
+    lprobs: jax.Array, previous: jax.Array, t: jax.Array, k: int, ids: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Spec §14.2 e: the top 2K (scores, beams, tokens), each (B, 2K), of every sentence's cumulative
+    candidate scores, from the processed log-probabilities lprobs (B*K, V) and the hypotheses' cumulative
+    scores `previous` (B*K,). At t = 0 every hypothesis is the same BOS, so only beam 0 competes.
+    Projected: lprobs' columns are the ids `ids`."""
+    rows, vocab = lprobs.shape
+    scores = (lprobs + previous[:, None]).reshape(rows // k, k, vocab)
+    scores = jnp.where((jnp.arange(k)[None, :, None] > 0) & (t == 0), NEG_INF, scores)
+    cand_scores, cand_beams, cand_tokens = _top_candidates(scores, 2 * k)
+    return cand_scores, cand_beams, cand_tokens if ids is None else ids[cand_tokens]
+
+
+def _candidates_from_logits(
+    logits: jax.Array,
+    previous: jax.Array,
+    tokens: jax.Array,
+    t: jax.Array,
+    k: int,
+    *,
+    min_len: jax.Array,
+    max_len: int,
+    unk_penalty: jax.Array,
+    no_repeat_ngram_size: jax.Array,
+    ngram_bound: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`_candidates_from_lprobs` of the unconstrained search, straight from the logits (B*K, V).
+
+    A row's log-softmax subtracts the same number from each of its logits, and adding the hypothesis' score
+    adds the same number again, so a row's 2K best candidates are those of its logits, with spec §14.2 b-d
+    applied to the few columns they touch (EOS, PAD, UNK, the n-gram bans). The full (B*K, V) array of
+    log-probabilities is then never written or read: only the logsumexp passes and one top-k read the
+    logits, and the 2K candidates of each row get their exact log-probabilities, (logit - max) - log(sum),
+    the values `jax.nn.log_softmax` computes. Two different logits that round to the same score may be
+    ranked by logit rather than by token id: the only way this can differ from ranking the scores.
+
+    Spec §14.2 b-c need no pass over the logits either: a row with a NaN logit has a NaN max, so every one of
+    its log-probabilities is NaN and becomes -inf, as in the original (whose max is NaN too); at t >= max_len
+    only the EOS candidate (its exact log-probability) remains in each row.
+    """
+    rows, vocab = logits.shape
+    batch = rows // k
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    log_sum = jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1, keepdims=True))
+    eos_logit, unk_logit = logits[:, EOS_ID], logits[:, UNK_ID]
+
+    # Spec §14.2 b and d on the columns they touch, in place: this only ranks the row's candidates.
+    ranked = logits.at[:, EOS_ID].set(jnp.where(t < min_len, NEG_INF, eos_logit))
+    ranked = ranked.at[:, PAD_ID].set(NEG_INF).at[:, UNK_ID].add(-unk_penalty)
+    if ngram_bound > 0:
+        row_ids, banned = _ngram_ban_columns(tokens, t, no_repeat_ngram_size, ngram_bound, vocab)
+        ranked = ranked.at[row_ids, banned].set(NEG_INF, mode="drop")
+    # The barriers keep the top-k a top-k for XLA CPU (see `_top_candidates`).
+    best, columns = jax.lax.optimization_barrier(
+        jax.lax.top_k(jax.lax.optimization_barrier(ranked), 2 * k)
+    )  # (B*K, 2K)
+
+    # Exact log-probabilities of the candidates; -inf stays -inf (forbidden or banned).
+    logit = jnp.where(columns == UNK_ID, unk_logit[:, None], best)
+    lprobs = jnp.where(best == NEG_INF, NEG_INF, (logit - row_max) - log_sum)
+    lprobs = lprobs - jnp.where(columns == UNK_ID, unk_penalty, 0.0)
+    # c. t >= max_len: EOS alone.
+    first = jnp.arange(2 * k)[None, :] == 0
+    eos_lprob = jnp.where(t < min_len, NEG_INF, (eos_logit[:, None] - row_max) - log_sum)
+    lprobs = jnp.where(t >= max_len, jnp.where(first, eos_lprob, NEG_INF), lprobs)
+    columns = jnp.where((t >= max_len) & first, EOS_ID, columns)
+    lprobs = jnp.where(jnp.isnan(lprobs), NEG_INF, lprobs)
+
+    # e. Cumulative scores; the second stage of `_top_candidates` over each sentence's K rows.
+    scores = (lprobs + previous[:, None]).reshape(batch, k, 2 * k)
+    scores = jnp.where((jnp.arange(k)[None, :, None] > 0) & (t == 0), NEG_INF, scores)
+    cand_scores, position = jax.lax.top_k(scores.reshape(batch, k * 2 * k), 2 * k)
+    cand_tokens = jnp.take_along_axis(columns.reshape(batch, k * 2 * k), position, axis=1)
+    return cand_scores, position // (2 * k), cand_tokens
+
+
 def _beam_step(
     s: _SearchState,
-    lprobs: jax.Array,
+    candidates: tuple[jax.Array, jax.Array, jax.Array],
     cache: DecoderCache,
     constraint: Constraint | None,
     k: int,
     max_len: int,
     length_penalty: jax.Array,
-    ids: jax.Array | None = None,
 ) -> _SearchState:
-    """Spec §14.2 e-g: candidates, finalisation, the new beam. Projected: lprobs' columns are the ids `ids`."""
+    """Spec §14.2 f-g from the candidates (scores, beams, tokens), each (B, 2K), best first: finalisation,
+    the new beam."""
     t = s.step
-    rows, vocab = lprobs.shape
-    batch = rows // k
-
-    # e. Cumulative candidate scores; at t = 0 every hypothesis is the same BOS, so only beam 0 competes.
-    previous = jnp.where(t > 0, s.cumulative[:, jnp.maximum(t - 1, 0)], 0.0)
-    scores = (lprobs + previous[:, None]).reshape(batch, k, vocab)
-    scores = jnp.where((jnp.arange(k)[None, :, None] > 0) & (t == 0), NEG_INF, scores)
-    cand_scores, cand_beams, cand_tokens = _top_candidates(scores, 2 * k)  # (B, 2K) each, best first
-    if ids is not None:
-        cand_tokens = ids[cand_tokens]
+    cand_scores, cand_beams, cand_tokens = candidates
+    batch = cand_scores.shape[0]
     cand_rows = cand_beams + (jnp.arange(batch) * k)[:, None]  # (B, 2K) rows b*K + beam
     is_final = (cand_tokens == EOS_ID) & jnp.isfinite(cand_scores)  # (B, 2K)
 
@@ -512,9 +589,10 @@ def _beam_step(
     chosen_scores = jnp.take_along_axis(cand_scores, order, axis=1).reshape(-1)
     tokens = s.tokens[parent].at[:, t + 1].set(chosen)
     cumulative = s.cumulative[parent].at[:, t].set(chosen_scores)
-    shared = {name: getattr(cache, name) for name in _SHARED_CACHE_FIELDS}
-    # The shared fields have B rows, not B*K: only the other fields are gathered.
-    cache = cache.replace(**{name: () for name in _SHARED_CACHE_FIELDS}).gather(parent).replace(**shared)
+    if k > 1:  # (K = 1: the parent of row b is always row b)
+        shared = {name: getattr(cache, name) for name in _SHARED_CACHE_FIELDS}
+        # The shared fields have B rows, not B*K: only the other fields are gathered.
+        cache = cache.replace(**{name: () for name in _SHARED_CACHE_FIELDS}).gather(parent).replace(**shared)
     constraint_state = s.constraint_state
     if constraint is not None:
         constraint_state = constraint.advance(jax.tree.map(lambda a: a[parent], constraint_state), chosen)

@@ -109,7 +109,9 @@ def dot_product_attention(
     logits = jnp.where(mask, -jnp.inf, logits)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     probs = dropout(probs, dropout_rate, deterministic=deterministic, rngs=rngs)
-    return jnp.einsum(f"bhqk,{kv}->bqhd", probs, v)
+    # Computed head-major, then transposed (a small array): XLA CPU runs the dot ~2-10x slower when it has
+    # to write the (B, Tq, H, hd) layout itself (e.g. 4.8 vs 0.5 ms for a decoding step's cross-attention).
+    return jnp.swapaxes(jnp.einsum(f"bhqk,{kv}->bhqd", probs, v), 1, 2)
 
 
 class Attention(nnx.Module):

@@ -318,6 +318,37 @@ def test_two_stage_candidates_equal_one_stable_sort_of_all_scores(vocab):
             np.testing.assert_array_equal(np.asarray(best[b]), scores[b].reshape(-1)[flat])
 
 
+@pytest.mark.parametrize("t", [0, 1, 5, 6])
+def test_candidates_from_logits_equal_those_of_the_full_log_softmax(t):
+    """The unconstrained search ranks each row's logits instead of writing the (B*K, V) log-probabilities:
+    same candidates, same scores, with NaN rows, UNK penalty, min_len, n-gram bans and the forced EOS."""
+    from imtcxr_jax.decoding.beam_search import _candidates_from_logits, _candidates_from_lprobs
+
+    rng = np.random.default_rng(t)
+    batch, k, vocab, max_len = 3, 3, 50, 6
+    # Tokens from a small range so that n-grams repeat; distinct logits (no exact ties to break).
+    tokens = np.concatenate([np.zeros((batch * k, 1)), rng.integers(4, 8, (batch * k, max_len + 1))], 1)
+    options = dict(
+        min_len=jnp.int32(2), max_len=max_len, unk_penalty=jnp.float32(0.7),
+        no_repeat_ngram_size=jnp.int32(2), ngram_bound=4,
+    )  # fmt: skip
+    for trial in range(10):
+        logits = rng.permutation(vocab * batch * k).reshape(batch * k, vocab).astype(np.float32) / 40
+        logits[:, UNK] += 2.0  # UNK often among the best, so that its penalty matters
+        if trial % 3 == 0:
+            logits[4, 7] = np.nan
+        previous = np.where(t > 0, rng.normal(-3, 1, batch * k), 0).astype(np.float32)
+        previous[5] = -np.inf
+        args = (jnp.asarray(tokens, jnp.int32), jnp.int32(t))
+        lprobs = _process_lprobs(jax.nn.log_softmax(jnp.asarray(logits), axis=-1), *args, **options)
+        expected = _candidates_from_lprobs(lprobs, jnp.asarray(previous), jnp.int32(t), k)
+        got = _candidates_from_logits(jnp.asarray(logits), jnp.asarray(previous), *args, k, **options)
+        finite = np.isfinite(np.asarray(expected[0]))
+        np.testing.assert_array_equal(got[0], expected[0])  # -inf included
+        for field in (1, 2):  # beams and tokens of the finite candidates (-inf fillers are never used)
+            np.testing.assert_array_equal(np.asarray(got[field])[finite], np.asarray(expected[field])[finite])
+
+
 def test_log_prob_processing_of_spec_14_2_b_c():
     lp = jnp.log(jnp.full((2, 8), 1 / 8, jnp.float32)).at[1, 5].set(jnp.nan)
     tokens = jnp.array([[BOS, 4, 5], [BOS, 4, 6]], jnp.int32)
