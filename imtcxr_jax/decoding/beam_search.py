@@ -56,7 +56,10 @@ the masked full-vocabulary one with ``normalize_over="allowed"``: same tokens, s
 rounding (candidate columns are in id order, so top-k ties break the same way).
 
 Without a constraint the search is exactly the original's (both options are then ignored: the allowed set
-is the whole vocabulary).
+is the whole vocabulary). It then never writes the (B*K, V) log-probabilities: a row's log-softmax and its
+hypothesis' score shift all of its logits by the same amount, so steps a-e rank the row's logits (with b and
+d applied to the few columns they touch) and compute exact log-probabilities for its 2K best only (see
+`_candidates_from_logits`; on a CPU this saves ~25% of an ofa_tiny report step at batch 32).
 """
 
 from __future__ import annotations
