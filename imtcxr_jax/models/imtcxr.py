@@ -72,7 +72,10 @@ class DecoderCache:
         lie in [0, B): an index outside is clamped (mode "clip"; the default "fill" mode's bounds check
         doubles the cost of reordering the cache on a CPU)."""
         per_example = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "index"}
-        take = lambda a: jnp.take(a, batch_indices, axis=0, mode="clip")  # noqa: E731
+
+        def take(rows: jax.Array) -> jax.Array:
+            return jnp.take(rows, batch_indices, axis=0, mode="clip")
+
         return self.replace(**jax.tree.map(take, per_example))
 
 

@@ -25,7 +25,14 @@ import pytest
 from flax import nnx
 
 from imtcxr_jax.decoding import beam_search, decode_batch
-from imtcxr_jax.decoding.beam_search import _ngram_bans, _process_lprobs, _search, _top_candidates
+from imtcxr_jax.decoding.beam_search import (
+    _candidates_from_logits,
+    _candidates_from_lprobs,
+    _ngram_bans,
+    _process_lprobs,
+    _search,
+    _top_candidates,
+)
 from imtcxr_jax.models.imtcxr import EncoderOutput
 from tests.decoding import encode, random_inputs, random_model
 
@@ -322,8 +329,6 @@ def test_two_stage_candidates_equal_one_stable_sort_of_all_scores(vocab):
 def test_candidates_from_logits_equal_those_of_the_full_log_softmax(t):
     """The unconstrained search ranks each row's logits instead of writing the (B*K, V) log-probabilities:
     same candidates, same scores, with NaN rows, UNK penalty, min_len, n-gram bans and the forced EOS."""
-    from imtcxr_jax.decoding.beam_search import _candidates_from_logits, _candidates_from_lprobs
-
     rng = np.random.default_rng(t)
     batch, k, vocab, max_len = 3, 3, 50, 6
     # Tokens from a small range so that n-grams repeat; distinct logits (no exact ties to break).
