@@ -482,8 +482,7 @@ def _candidates_from_lprobs(
     scores `previous` (B*K,). At t = 0 every hypothesis is the same BOS, so only beam 0 competes.
     Projected: lprobs' columns are the ids `ids`."""
     rows, vocab = lprobs.shape
-    scores = (lprobs + previous[:, None]).reshape(rows // k, k, vocab)
-    scores = jnp.where((jnp.arange(k)[None, :, None] > 0) & (t == 0), NEG_INF, scores)
+    scores = _beam_zero_at_start((lprobs + previous[:, None]).reshape(rows // k, k, vocab), t)
     cand_scores, cand_beams, cand_tokens = _top_candidates(scores, 2 * k)
     return cand_scores, cand_beams, cand_tokens if ids is None else ids[cand_tokens]
 
@@ -544,11 +543,15 @@ def _candidates_from_logits(
     lprobs = jnp.where(jnp.isnan(lprobs), NEG_INF, lprobs)
 
     # e. Cumulative scores; the second stage of `_top_candidates` over each sentence's K rows.
-    scores = (lprobs + previous[:, None]).reshape(batch, k, 2 * k)
-    scores = jnp.where((jnp.arange(k)[None, :, None] > 0) & (t == 0), NEG_INF, scores)
-    cand_scores, position = jax.lax.top_k(scores.reshape(batch, k * 2 * k), 2 * k)
-    cand_tokens = jnp.take_along_axis(columns.reshape(batch, k * 2 * k), position, axis=1)
-    return cand_scores, position // (2 * k), cand_tokens
+    scores = _beam_zero_at_start((lprobs + previous[:, None]).reshape(batch, k, 2 * k), t)
+    return _best_of_rows(scores, columns.reshape(batch, k, 2 * k), 2 * k)
+
+
+def _beam_zero_at_start(scores: jax.Array, t: jax.Array) -> jax.Array:
+    """scores (B, K, ...) with beams > 0 set to -inf at t = 0: every hypothesis is then the same BOS, so only
+    beam 0 competes (spec §14.2 e)."""
+    later_beams = (jnp.arange(scores.shape[1]) > 0).reshape(1, -1, *([1] * (scores.ndim - 2)))
+    return jnp.where(later_beams & (t == 0), NEG_INF, scores)
 
 
 def _beam_step(
@@ -638,10 +641,18 @@ def _top_candidates(scores: jax.Array, n: int) -> tuple[jax.Array, jax.Array, ja
     row_scores, row_tokens = jax.lax.optimization_barrier(
         jax.lax.top_k(jax.lax.optimization_barrier(scores), n)
     )  # (B, K, n)
-    best, position = jax.lax.optimization_barrier(jax.lax.top_k(row_scores.reshape(batch, k * n), n))
-    beams = position // n
-    tokens = jnp.take_along_axis(row_tokens.reshape(batch, k * n), position, axis=1)
-    return best, beams, tokens
+    return _best_of_rows(row_scores, row_tokens, n)
+
+
+def _best_of_rows(
+    row_scores: jax.Array, row_tokens: jax.Array, n: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The second stage of `_top_candidates`: from each hypothesis' candidates, best first, (B, K, m) scores
+    and tokens, the n best of each sentence (scores, beams, tokens), each (B, n); ties in (beam, rank) order."""
+    batch, k, m = row_scores.shape
+    best, position = jax.lax.optimization_barrier(jax.lax.top_k(row_scores.reshape(batch, k * m), n))
+    tokens = jnp.take_along_axis(row_tokens.reshape(batch, k * m), position, axis=1)
+    return best, position // m, tokens
 
 
 def _collect(s: _SearchState) -> BeamResult:
