@@ -27,11 +27,12 @@ JSON-able dict; restoring it resumes the identical batch sequence. Because batch
 MapDataset stage, worker processes (``num_workers > 0``) each build whole batches by index, and the sequence
 does not depend on the worker count; a saved state is still per-worker, so resume with the same count.
 
-**One family per batch** (``batch_by_family``): each family is batched on its own, its targets padded only to
-its longest example (rounded up to a multiple of 8) instead of ``max_tgt_len``, and whole batches are mixed by
-weight: a yes/no answer no longer pays for a report's decoder length. Each family's batches are sliced
-per host before the mix, and the mix is the same on every host, so the hosts still assemble the
-single-process global batch at every step. The train step compiles once per family length. The weights then
+**One family per batch** (``batch_by_family``): each family is batched on its own, its instructions and targets
+padded only to its longest example (rounded up to a multiple of 8) instead of ``max_src_len`` / ``max_tgt_len``,
+and whole batches are mixed by weight: a yes/no answer no longer pays for a report's decoder length, nor a short
+question for the evidence prompt's encoder length (padding is masked, so the model's outputs do not change).
+Each family's batches are sliced per host before the mix, and the mix is the same on every host, so the hosts
+still assemble the single-process global batch at every step. The train step compiles once per family. The weights then
 count batches, not examples, and since the loss is a token mean per batch, a short-answer family weighs more
 per token than in a mixed batch.
 
@@ -66,6 +67,10 @@ presence_questions            "sampled"         "sampled": each record's labels 
                                                 original's rows); "all": every label of the records' vocabulary
                                                 for every record (the same image asked about each finding in
                                                 turn, so that the answer must depend on the label asked about)
+group_by_record               ""                comma-separated families whose epochs shuffle records, not
+                                                examples: a record's questions stay adjacent, so one batch asks
+                                                the same image about the left and the right lung, or about each
+                                                finding (`RecordGroupedOrder`)
 too_long                      "skip"            "skip" (count, log, leave out) or "error"
 num_workers                   0                 0: threads only; > 0: grain worker processes (mp_prefetch)
 num_threads                   4                 grain reader threads
@@ -77,8 +82,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import math
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,6 +147,7 @@ class PipelineConfig:
     contrast: float = 0.1
     evidence_fraction: float = 0.5
     presence_questions: str = "sampled"
+    group_by_record: str = ""
     too_long: str = "skip"
     num_workers: int = 0
     num_threads: int = 4
@@ -173,6 +181,12 @@ class PipelineConfig:
             raise ValueError(
                 f"data config: presence_questions {self.presence_questions!r} is not one of {PRESENCE_QUESTIONS}"
             )
+        unknown_groups = sorted(set(self.grouped_families) - set(TASK_FAMILIES))
+        if unknown_groups:
+            raise ValueError(
+                f"data config: group_by_record names unknown task families {unknown_groups}; "
+                f"expected a comma-separated subset of {TASK_FAMILIES}"
+            )
         if self.too_long not in TOO_LONG_POLICIES:
             raise ValueError(f"data config: too_long {self.too_long!r} is not one of {TOO_LONG_POLICIES}")
         if not 0.0 <= self.evidence_fraction <= 1.0:
@@ -197,6 +211,15 @@ class PipelineConfig:
             raise ValueError("data config: every task family has weight 0; nothing to train on")
         object.__setattr__(self, "weights", {f: float(weights.get(f, 0.0)) for f in TASK_FAMILIES})
         _ = self.jitter  # JitterConfig validates the strengths
+
+    @property
+    def grouped_families(self) -> tuple[str, ...]:
+        """The families named in ``group_by_record`` (comma-separated)."""
+        if not isinstance(self.group_by_record, str):
+            raise ValueError(
+                f"data config: group_by_record must be a comma-separated string, got {self.group_by_record!r}"
+            )
+        return tuple(name.strip() for name in self.group_by_record.split(",") if name.strip())
 
     @property
     def jitter(self) -> augment.JitterConfig:
@@ -337,7 +360,9 @@ class ExampleMaker:
         self.tokenizer = tokenizer
         self.config = config
         self.augment_images = augment_images
-        # Target length T per family when batches hold one family (`batch_by_family`); else max_tgt_len.
+        # Lengths L and T per family when batches hold one family (`batch_by_family`); else max_src_len and
+        # max_tgt_len.
+        self.source_lengths: dict[str, int] = {}
         self.target_lengths: dict[str, int] = {}
 
     def fit(self, ref: ExampleRef) -> augment.CanvasTransform:
@@ -377,8 +402,9 @@ class ExampleMaker:
         if len(src) > config.max_src_len or len(target) + 1 > config.max_tgt_len:
             # Lengths are screened before training; reaching this means the screening was bypassed.
             raise ValueError(f"{record.where}: {ref} is longer than max_src_len / max_tgt_len")
+        source_length = self.source_lengths.get(ref.family, config.max_src_len)
         target_length = self.target_lengths.get(ref.family, config.max_tgt_len)
-        arrays = frame(src, target, config.max_src_len, target_length)
+        arrays = frame(src, target, source_length, target_length)
         arrays["images"] = images
         arrays["task"] = np.int32(TASK_FAMILIES.index(ref.family))
         return Sample(ref, text, truth, transform, arrays)
@@ -400,6 +426,7 @@ class PipelineReport:
     skipped_by_task: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # Task
     skipped_examples: list[str] = dataclasses.field(default_factory=list)  # first few, with lengths
     longest_target: dict[str, int] = dataclasses.field(default_factory=dict)  # family -> tokens + 1, kept
+    longest_source: dict[str, int] = dataclasses.field(default_factory=dict)  # family -> tokens, kept
 
     def summary(self) -> str:
         kept = ", ".join(f"{family} {count}" for family, count in self.examples.items())
@@ -416,6 +443,7 @@ class PipelineReport:
             "skipped_by_task": dict(self.skipped_by_task),
             "skipped_examples": list(self.skipped_examples),
             "longest_target": dict(self.longest_target),
+            "longest_source": dict(self.longest_source),
         }
 
 
@@ -425,12 +453,13 @@ def screen_examples(
     """The refs whose tokens fit the configured lengths; the others are counted in ``report_`` (or, with
     ``too_long="error"``, the first raises ValueError naming the record)."""
     config = maker.config
-    kept, longest = [], 0
+    kept, longest, longest_source = [], 0, 0
     for ref in refs:
         src_len, tgt_len = maker.lengths(ref)
         if src_len <= config.max_src_len and tgt_len <= config.max_tgt_len:
             kept.append(ref)
             longest = max(longest, tgt_len)
+            longest_source = max(longest_source, src_len)
             continue
         message = (
             f"{maker.records[ref.record].where}: {ref.task} {ref.subject!r}: source {src_len} tokens "
@@ -444,6 +473,7 @@ def screen_examples(
             report_.skipped_examples.append(message)
     report_.examples[family] = len(kept)
     report_.longest_target[family] = longest
+    report_.longest_source[family] = longest_source
     return kept
 
 
@@ -479,6 +509,41 @@ def _derived_seed(seed: int, purpose: int, family: str) -> int:
     """Independent 32-bit seeds per purpose (shuffle, augment) and family, from the run seed."""
     sequence = np.random.SeedSequence([seed, purpose, TASK_FAMILIES.index(family)])
     return int(sequence.generate_state(1)[0])
+
+
+class RecordGroupedOrder(Sequence):
+    """An endless sequence of `refs`, epoch after epoch, each epoch in a new order of *records*: the examples
+    of one record stay adjacent, in their given order (``group_by_record``).
+
+    Why: with every example shuffled on its own, "segment the left lung" and "segment the right lung" of one
+    image land in different batches, and each step's gradient mostly says "draw a lung". Side by side in a
+    batch, what the two answers share cancels and what tells them apart remains. The order of epoch e is a
+    permutation of the records drawn from (seed, e): deterministic, and indexable without state, so the
+    iterator's state still resumes it exactly.
+    """
+
+    def __init__(self, refs: Sequence[ExampleRef], seed: int):
+        if not refs:
+            raise ValueError("RecordGroupedOrder needs at least one example")
+        self._refs = list(refs)
+        by_record: dict[int, list[int]] = {}
+        for position, ref in enumerate(self._refs):
+            by_record.setdefault(ref.record, []).append(position)
+        self._groups = [np.asarray(positions) for positions in by_record.values()]
+        self._seed = seed
+
+    def __len__(self) -> int:
+        return sys.maxsize  # endless, as MapDataset.repeat() makes it
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (a few epochs' orders per dataset, kept for its lifetime)
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Positions into `refs` in epoch `epoch`'s order."""
+        permutation = np.random.default_rng([self._seed, epoch]).permutation(len(self._groups))
+        return np.concatenate([self._groups[g] for g in permutation])
+
+    def __getitem__(self, index: int) -> ExampleRef:  # type: ignore[override]
+        epoch, position = divmod(index, len(self._refs))
+        return self._refs[self.epoch_order(epoch)[position]]
 
 
 def make_train_dataset(
@@ -526,16 +591,19 @@ def make_train_dataset(
                 f"task family {family!r} has weight {weight} but no examples in the {len(records)} records "
                 "(set its weight to 0 to train without it)"
             )
-        dataset = (
-            grain.MapDataset.source(refs)
-            .shuffle(seed=_derived_seed(seed, 0, family))
-            .repeat()  # after the shuffle: a new permutation every epoch
-            .random_map(maker, seed=_derived_seed(seed, 1, family))
-        )
+        shuffle_seed = _derived_seed(seed, 0, family)
+        if family in config.grouped_families:
+            dataset = grain.MapDataset.source(RecordGroupedOrder(refs, shuffle_seed))
+        else:
+            # after the shuffle: a new permutation every epoch
+            dataset = grain.MapDataset.source(refs).shuffle(seed=shuffle_seed).repeat()
+        dataset = dataset.random_map(maker, seed=_derived_seed(seed, 1, family))
         if config.batch_by_family:
             # Host p takes this family's batches p, p + P, ... (see the mixed case below), before the mix.
             longest = pipeline_report.longest_target[family]
             maker.target_lengths[family] = min(-(-longest // 8) * 8, config.max_tgt_len)
+            longest = pipeline_report.longest_source[family]
+            maker.source_lengths[family] = min(-(-longest // 8) * 8, config.max_src_len)
             dataset = dataset.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
         datasets.append(dataset)
         weights.append(weight)
@@ -546,7 +614,10 @@ def make_train_dataset(
 
     mixed = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
     if config.batch_by_family:
-        log.info("input pipeline: one family per batch, target lengths %s", maker.target_lengths)
+        log.info(
+            "input pipeline: one family per batch, instruction lengths %s, target lengths %s",
+            maker.source_lengths, maker.target_lengths,
+        )  # fmt: skip
         batched = mixed
     else:
         # Host p takes batches p, p + P, ...: at step k it holds global elements k G + p B .. (p + 1) B - 1.

@@ -299,6 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     step_fn = jit_train_step(
         graphdef, optimizer, shardings, mesh,
         accumulation_steps=config.accumulation_steps, label_smoothing=config.label_smoothing,
+        bin_sigma=config.bin_sigma,
     )  # fmt: skip
 
     dataset = make_train_dataset(

@@ -90,6 +90,7 @@ def jit_train_step(
     *,
     accumulation_steps: int = 1,
     label_smoothing: float = 0.0,
+    bin_sigma: float = 0.0,
 ) -> Any:
     """train_step jitted with explicit in/out shardings; the old state's buffers are donated."""
     step = functools.partial(
@@ -98,6 +99,7 @@ def jit_train_step(
         optimizer=optimizer,
         accumulation_steps=accumulation_steps,
         label_smoothing=label_smoothing,
+        bin_sigma=bin_sigma,
     )
     return jax.jit(
         step,

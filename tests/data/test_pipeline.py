@@ -329,6 +329,10 @@ def test_batch_by_family_pads_each_family_to_its_own_length(data):
         assert width == min(-(-lengths[family] // 8) * 8, CONFIG["max_tgt_len"]) and width % 8 == 0
         assert batch["prev"].shape == batch["target"].shape
         assert np.all((batch["target"] == EOS_ID).sum(axis=1) == 1)  # nothing was cut
+        # Instructions likewise: the family's longest, rounded up to 8; every one still ends with EOS.
+        source = by_family.report.longest_source[family]
+        assert batch["src"].shape[1] == min(-(-source // 8) * 8, CONFIG["max_src_len"])
+        assert np.all((batch["src"] == EOS_ID).sum(axis=1) == 1)
         seen[width] = seen.get(width, 0) + 1
     assert len(seen) >= 3  # the short families really are shorter than the reports
     assert min(seen) < max(seen) <= CONFIG["max_tgt_len"]
@@ -350,3 +354,43 @@ def test_batch_by_family_hosts_partition_the_global_stream_and_resume(data):
     resumed = iter(_dataset(data, config))
     resumed.set_state(state)
     _assert_same_batches(_take(resumed, 3), expected)
+
+
+def test_record_grouped_order_shuffles_records_and_keeps_their_examples_together():
+    refs = [
+        sources.ExampleRef(record, "segmentation", s) for record in range(7) for s in "abc"[: 1 + record % 3]
+    ]
+    order = pipeline.RecordGroupedOrder(refs, seed=3)
+    n = len(refs)
+    epochs = [[order[e * n + i] for i in range(n)] for e in range(3)]
+    for epoch in epochs:
+        assert sorted(epoch) == sorted(refs)  # each epoch is every example once
+        records = [ref.record for ref in epoch]
+        runs = [r for i, r in enumerate(records) if i == 0 or records[i - 1] != r]
+        assert sorted(runs) == list(range(7))  # one run per record: its examples are adjacent, in order
+        for record in range(7):
+            assert [ref.subject for ref in epoch if ref.record == record] == list("abc"[: 1 + record % 3])
+    assert epochs[0] != epochs[1] != epochs[2]  # a new order of records each epoch
+    assert [pipeline.RecordGroupedOrder(refs, seed=3)[i] for i in range(2 * n)] == epochs[0] + epochs[1]
+    assert [pipeline.RecordGroupedOrder(refs, seed=4)[i] for i in range(n)] != epochs[0]
+
+
+def test_group_by_record_puts_one_images_questions_in_one_batch_and_resumes(data):
+    _, _, tokenizer = data
+    config = {"weights": {"segmentation": 1.0}, "group_by_record": "segmentation"}
+    batch = next(iter(_dataset(data, config)))
+    asked = [tokenizer.decode(row.tolist()) for row in batch["src"]]
+    # Structures come in the records' order (left lung, right lung, heart[, pneumothorax]), record by record.
+    order = [next(s for s in segmentation.STRUCTURES if s in text) for text in asked]
+    starts = [i for i, s in enumerate(order) if s == "left lung"]
+    assert len(starts) >= 2
+    assert order[starts[0] : starts[0] + 3] == ["left lung", "right lung", "heart"]
+    iterator = iter(_dataset(data, config))
+    _take(iterator, 2)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = _take(iterator, 3)
+    resumed = iter(_dataset(data, config))
+    resumed.set_state(state)
+    _assert_same_batches(_take(resumed, 3), expected)
+    with pytest.raises(ValueError, match=r"group_by_record names unknown task families \['segmentaton'\]"):
+        pipeline.PipelineConfig(group_by_record="segmentaton")

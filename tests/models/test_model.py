@@ -96,6 +96,17 @@ def test_cached_decoding_equals_teacher_forcing(size):
     assert int(cache.index) == prev.shape[1]
 
 
+def test_extra_instruction_padding_does_not_change_the_logits():
+    """The pipeline pads instructions per task family (batch_by_family); that is exact only if padded key
+    positions are masked everywhere, in the encoder and in the decoder's cross-attention."""
+    cfg = get_model_config("micro")
+    model = create_model(cfg, seed=5)
+    src, images, prev = _batch(cfg, image_size=48)
+    longer = jnp.pad(src, ((0, 0), (0, 10)), constant_values=1)  # PAD
+    short, padded = model(src, images, prev), model(longer, images, prev)
+    assert float(jnp.abs(padded - short).max()) <= 1e-5 * float(jnp.abs(short).max())
+
+
 def test_cache_gather_reorders_examples():
     cfg = get_model_config("micro")
     model = create_model(cfg)

@@ -52,6 +52,38 @@ def test_token_losses_match_a_brute_force_reference():
                 assert got[b, t] == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+def test_bin_smoothed_losses_match_a_brute_force_reference():
+    """Bin targets against a Gaussian over the bins (renormalised at the edges); text targets and padding
+    as before; the uniform label smoothing mixes in on top."""
+    rng = np.random.default_rng(1)
+    vocab, num_bins, sigma = 40, 25, 3.0
+    first_bin = vocab - num_bins
+    logits = rng.standard_normal((2, 4, vocab)).astype(np.float32)
+    # bins at the low edge, the middle and the high edge; a text token; padding
+    targets = np.array([[first_bin, first_bin + 12, vocab - 1, 7], [first_bin + 1, 5, 1, 1]])
+    for eps in (0.0, 0.1):
+        got = np.asarray(token_losses(jnp.asarray(logits), jnp.asarray(targets), eps, sigma, num_bins))
+        for b in range(2):
+            for t in range(4):
+                row = logits[b, t].astype(np.float64)
+                lp = row - np.log(np.sum(np.exp(row)))
+                target = targets[b, t]
+                if target >= first_bin:
+                    k = target - first_bin
+                    w = np.array([np.exp(-((j - k) ** 2) / (2 * sigma**2)) for j in range(num_bins)])
+                    w /= w.sum()
+                    nll = -sum(w[j] * lp[first_bin + j] for j in range(num_bins))
+                else:
+                    nll = -lp[target]
+                eps_i = eps / (vocab - 1)
+                expected = (1 - eps - eps_i) * nll + eps_i * -lp.sum()
+                expected = 0.0 if target == 1 else expected
+                assert got[b, t] == pytest.approx(expected, rel=1e-5, abs=1e-6), (b, t, eps)
+    # A narrow Gaussian is the plain NLL.
+    narrow = token_losses(jnp.asarray(logits), jnp.asarray(targets), 0.0, 1e-3, num_bins)
+    np.testing.assert_allclose(narrow, token_losses(jnp.asarray(logits), jnp.asarray(targets)), rtol=1e-6)
+
+
 def _run(mesh_shape, devices, steps=2, accumulation=1, **model_changes):
     cfg = get_model_config("micro", **model_changes)
     mesh = make_mesh(mesh_shape, devices)
