@@ -10,6 +10,8 @@ not match the original.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,25 @@ from flax import nnx
 
 from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.models.layers import drop_path, make_param, ones_init, zeros_init
+
+
+def max_pool_3x3_stride_2(x: jax.Array) -> jax.Array:
+    """3x3 max-pool, stride 2, padding 1 with -inf: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C).
+
+    The maximum of the window's nine strided views, the same values as ``lax.reduce_window``. Why not that:
+    its gradient (select-and-scatter) takes XLA CPU ~4x longer (84 vs 20-30 ms at phantom_tiny's batch).
+    Where a window holds tied maxima the gradient is shared among them instead of going to one; after the
+    stem's ReLU the only ties are zeros, whose gradient the ReLU stops either way, so training is unchanged.
+    """
+    height, width = x.shape[1], x.shape[2]
+    out_h, out_w = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    views = [
+        padded[:, dy : dy + 2 * out_h - 1 : 2, dx : dx + 2 * out_w - 1 : 2, :]
+        for dy in range(3)
+        for dx in range(3)
+    ]
+    return functools.reduce(jnp.maximum, views)
 
 
 class Buffer(nnx.Variable):
@@ -136,10 +157,7 @@ class ResNetTrunk(nnx.Module):
         self.layer1, self.layer2, self.layer3 = stages
 
     def __call__(self, images: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = jax.nn.relu(self.bn1(self.conv1(images), train=train))
-        x = jax.lax.reduce_window(
-            x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
-        )
+        x = max_pool_3x3_stride_2(jax.nn.relu(self.bn1(self.conv1(images), train=train)))
         for layer in (self.layer1, self.layer2, self.layer3):
             for block in layer:
                 x = block(x, train=train, rngs=rngs)

@@ -89,6 +89,29 @@ def attention_scaling(cfg: ModelConfig) -> float:
     return (cfg.head_dim * cfg.attn_scale_factor) ** -0.5
 
 
+@jax.custom_vjp
+def add_shared_bias(logits: jax.Array, bias: jax.Array) -> jax.Array:
+    """``logits`` (B, H, Tq, Tk) + ``bias`` (1, H, Tq, Tk), the same bias for every example.
+
+    Only the backward pass differs from a plain ``+``: the bias' gradient, the sum over the batch, is taken as a
+    product with a vector of ones. XLA CPU runs the plain reduction over the outer axis ~50x slower (22 vs
+    0.4 ms for the (32, 4, 112, 112) logits of phantom_tiny's encoder, 5% of its whole train step).
+    """
+    return logits + bias
+
+
+def _add_shared_bias_forward(logits: jax.Array, bias: jax.Array) -> tuple[jax.Array, None]:
+    return logits + bias, None
+
+
+def _add_shared_bias_backward(_, grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    ones = jnp.ones((grad.shape[0],), grad.dtype)
+    return grad, jnp.einsum("b...,b->...", grad, ones)[None]
+
+
+add_shared_bias.defvjp(_add_shared_bias_forward, _add_shared_bias_backward)
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -105,7 +128,11 @@ def dot_product_attention(
     decoder cache), bias (B|1, H, Tq, Tk) float, mask broadcastable to (B, H, Tq, Tk) with True = may not
     attend. Returns (B, Tq, H, hd)."""
     kv = "bhkd" if kv_heads_first else "bkhd"
-    logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k).astype(jnp.float32) + bias.astype(jnp.float32)
+    logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k).astype(jnp.float32)
+    if bias.shape[0] == 1 and logits.shape[0] > 1:
+        logits = add_shared_bias(logits, bias.astype(jnp.float32))
+    else:
+        logits = logits + bias.astype(jnp.float32)
     logits = jnp.where(mask, -jnp.inf, logits)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     probs = dropout(probs, dropout_rate, deterministic=deterministic, rngs=rngs)

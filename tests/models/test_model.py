@@ -10,7 +10,8 @@ from flax import nnx
 from imtcxr_jax.models.cli import cli_main, model_info
 from imtcxr_jax.models.config import EXPECTED_PARAMETER_COUNTS, ModelConfig, get_model_config
 from imtcxr_jax.models.imtcxr import IMTCXR, create_model
-from imtcxr_jax.models.resnet import BatchNorm
+from imtcxr_jax.models.resnet import BatchNorm, max_pool_3x3_stride_2
+from imtcxr_jax.models.transformer import add_shared_bias
 from imtcxr_jax.sharding import create_sharded, make_mesh
 
 
@@ -171,3 +172,35 @@ def test_sharded_creation_gives_the_same_model_and_logits():
     np.testing.assert_allclose(
         np.asarray(sharded(src, images, prev)), np.asarray(reference(src, images, prev)), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("size", [16, 15])
+def test_stem_max_pool_equals_reduce_window_with_its_gradient_after_relu(size):
+    rng = np.random.default_rng(size)
+    z = jnp.asarray(rng.standard_normal((3, size, size + 3, 5)), jnp.float32)
+
+    def reference(x):
+        return jax.lax.reduce_window(
+            x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+        )
+
+    np.testing.assert_array_equal(max_pool_3x3_stride_2(z), reference(z))
+    weights = jnp.asarray(rng.standard_normal(reference(z).shape), jnp.float32)
+    ours, theirs = (
+        jax.grad(lambda z, pool=pool: jnp.sum(pool(jax.nn.relu(z)) * weights))(z)
+        for pool in (max_pool_3x3_stride_2, reference)
+    )
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_shared_bias_gradient_is_the_batch_sum():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.standard_normal((5, 2, 3, 4)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal((1, 2, 3, 4)), jnp.float32)
+    weights = jnp.asarray(rng.standard_normal((5, 2, 3, 4)), jnp.float32)
+    ours = jax.grad(lambda a, b: jnp.sum(jnp.sin(add_shared_bias(a, b)) * weights), argnums=(0, 1))
+    plain = jax.grad(lambda a, b: jnp.sum(jnp.sin(a + b) * weights), argnums=(0, 1))
+    np.testing.assert_array_equal(add_shared_bias(logits, bias), logits + bias)
+    for got, expected in zip(ours(logits, bias), plain(logits, bias), strict=True):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
