@@ -299,7 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     step_fn = jit_train_step(
         graphdef, optimizer, shardings, mesh,
         accumulation_steps=config.accumulation_steps, label_smoothing=config.label_smoothing,
-        bin_sigma=config.bin_sigma,
+        bin_sigma=config.bin_sigma, first_token_weight=config.first_token_weight,
     )  # fmt: skip
 
     dataset = make_train_dataset(

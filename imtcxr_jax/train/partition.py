@@ -91,6 +91,7 @@ def jit_train_step(
     accumulation_steps: int = 1,
     label_smoothing: float = 0.0,
     bin_sigma: float = 0.0,
+    first_token_weight: float = 1.0,
 ) -> Any:
     """train_step jitted with explicit in/out shardings; the old state's buffers are donated."""
     step = functools.partial(
@@ -100,6 +101,7 @@ def jit_train_step(
         accumulation_steps=accumulation_steps,
         label_smoothing=label_smoothing,
         bin_sigma=bin_sigma,
+        first_token_weight=first_token_weight,
     )
     return jax.jit(
         step,

@@ -55,6 +55,20 @@ def token_losses(
     return jnp.where(targets != PAD_ID, nll, 0.0)
 
 
+def answer_weights(targets: jax.Array, first_token_weight: float = 1.0) -> jax.Array:
+    """Per-token loss weights (B, T): ``first_token_weight`` on each target's first token, 1 on the others,
+    0 on padding. The loss is the weighted mean over the batch's tokens; all 1 is the original's token mean.
+
+    Why weigh the first token (ours; 1.0 is the original): it is where an answer commits to what was asked.
+    A polygon's first x bin decides *which* lung is drawn, and teacher forcing then hands the model the right
+    start, so its 60 other tokens teach shape, not the instruction: in a token mean that choice is 1/61 of a
+    segmentation batch, against 1/2 for a yes/no answer, and a short run learns to draw one lung for both.
+    """
+    positions = jnp.arange(targets.shape[-1])
+    weights = jnp.where(positions == 0, jnp.float32(first_token_weight), jnp.float32(1.0))
+    return jnp.where(targets != PAD_ID, weights, 0.0)
+
+
 @struct.dataclass
 class LossScale:
     """Dynamic loss scaling for float16: the scale halves on overflow and doubles after `period` good steps."""
@@ -116,9 +130,11 @@ def train_step(
     accumulation_steps: int = 1,
     label_smoothing: float = 0.0,
     bin_sigma: float = 0.0,
+    first_token_weight: float = 1.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from `accumulation_steps` micro-batches of `batch`. The loss is the token-mean over
-    all target tokens of the whole batch (fairseq's sample_size = ntokens). A non-finite loss or gradient
+    all target tokens of the whole batch (fairseq's sample_size = ntokens; weighted by `answer_weights` when
+    `first_token_weight` != 1, the per-family log losses too). A non-finite loss or gradient
     leaves parameters, optimizer state and statistics untouched and is counted in `skipped_steps`."""
     rng, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1.0)
@@ -135,6 +151,7 @@ def train_step(
         model = nnx.merge(graphdef, params, model_state, copy=True)
         logits = model(mb["src"], mb["images"], mb["prev"], train=True, rngs=nnx.Rngs(dropout=key))
         losses = token_losses(logits, mb["target"], label_smoothing, bin_sigma)
+        losses = losses * answer_weights(mb["target"], first_token_weight)
         per_example = jnp.sum(losses, axis=1)
         _, _, new_model_state = nnx.split(model, nnx.Param, ...)
         return jnp.sum(per_example) * scale, (per_example, new_model_state)
@@ -157,8 +174,9 @@ def train_step(
         )
     per_example = per_example.reshape(batch_size)
     tokens = jnp.sum(batch["target"] != PAD_ID)
-    grads = jax.tree.map(lambda g: g / (scale * jnp.maximum(tokens, 1)), grads)
-    loss = jnp.sum(per_example) / jnp.maximum(tokens, 1)
+    weights = answer_weights(batch["target"], first_token_weight)  # (B, T); the token count when all are 1
+    grads = jax.tree.map(lambda g: g / (scale * jnp.maximum(jnp.sum(weights), 1)), grads)
+    loss = jnp.sum(per_example) / jnp.maximum(jnp.sum(weights), 1)
 
     finite = jnp.isfinite(loss) & _all_finite(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -176,7 +194,7 @@ def train_step(
     )
     # Per-task-family token losses, for logging.
     task_onehot = jax.nn.one_hot(batch["task"], len(TASK_FAMILIES))
-    task_tokens = jnp.sum(task_onehot * jnp.sum(batch["target"] != PAD_ID, axis=1)[:, None], axis=0)
+    task_tokens = jnp.sum(task_onehot * jnp.sum(weights, axis=1)[:, None], axis=0)
     task_loss = jnp.sum(task_onehot * per_example[:, None], axis=0) / jnp.maximum(task_tokens, 1)
     metrics = {
         "loss": loss,

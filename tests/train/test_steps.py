@@ -13,7 +13,7 @@ from imtcxr_jax.sharding import make_mesh
 from imtcxr_jax.train.experiment import load_config
 from imtcxr_jax.train.optimizer import make_optimizer
 from imtcxr_jax.train.partition import abstract_sharded_state, init_sharded_state, jit_train_step
-from imtcxr_jax.train.steps import LossScale, token_losses
+from imtcxr_jax.train.steps import LossScale, answer_weights, token_losses
 
 OPTIMIZER = ml_collections.ConfigDict(
     dict(
@@ -82,6 +82,29 @@ def test_bin_smoothed_losses_match_a_brute_force_reference():
     # A narrow Gaussian is the plain NLL.
     narrow = token_losses(jnp.asarray(logits), jnp.asarray(targets), 0.0, 1e-3, num_bins)
     np.testing.assert_allclose(narrow, token_losses(jnp.asarray(logits), jnp.asarray(targets)), rtol=1e-6)
+
+
+def test_first_token_weight_gives_the_weighted_token_mean():
+    targets = jnp.asarray([[5, 6, 2, 1], [7, 2, 1, 1], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(answer_weights(targets, 4.0), [[4, 1, 1, 0], [4, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(answer_weights(targets), targets != 1)
+    # One step's loss at first-token weights 1, 3 and 5 from the same state and batch: the per-token losses l
+    # are the same, so with S = sum(l), F = sum(l at position 0), N tokens and B targets, the loss at weight w
+    # is (S + (w - 1) F) / (N + (w - 1) B): the first two losses fix S and F and predict the third.
+    cfg = get_model_config("micro")
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    tx = make_optimizer(OPTIMIZER)
+    batch = make_batch(seed=3)
+    losses = {}
+    for weight in (1.0, 3.0, 5.0):
+        graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
+        step = jit_train_step(graphdef, tx, shardings, mesh, first_token_weight=weight)
+        losses[weight] = float(step(state, batch)[1]["loss"])
+    tokens, targets_count = float(np.sum(batch["target"] != 1)), float(np.sum(batch["target"][:, 0] != 1))
+    total = losses[1.0] * tokens
+    first = (losses[3.0] * (tokens + 2 * targets_count) - total) / 2
+    assert losses[5.0] == pytest.approx((total + 4 * first) / (tokens + 4 * targets_count), rel=1e-5)
+    assert abs(losses[5.0] - losses[1.0]) > 1e-3  # the weight really changed the loss
 
 
 def _run(mesh_shape, devices, steps=2, accumulation=1, **model_changes):
