@@ -55,17 +55,20 @@ def token_losses(
     return jnp.where(targets != PAD_ID, nll, 0.0)
 
 
-def answer_weights(targets: jax.Array, first_token_weight: float = 1.0) -> jax.Array:
-    """Per-token loss weights (B, T): ``first_token_weight`` on each target's first token, 1 on the others,
-    0 on padding. The loss is the weighted mean over the batch's tokens; all 1 is the original's token mean.
+def answer_weights(targets: jax.Array, first_token_weight: float = 1.0, first_bin: int = 0) -> jax.Array:
+    """Per-token loss weights (B, T): ``first_token_weight`` on the first token of each target that starts
+    with a location bin (id >= ``first_bin``: a box or a polygon), 1 on the other tokens, 0 on padding. The
+    loss is the weighted mean over the batch's tokens; all 1 is the original's token mean.
 
-    Why weigh the first token (ours; 1.0 is the original): it is where an answer commits to what was asked.
-    A polygon's first x bin decides *which* lung is drawn, and teacher forcing then hands the model the right
-    start, so its 60 other tokens teach shape, not the instruction: in a token mean that choice is 1/61 of a
-    segmentation batch, against 1/2 for a yes/no answer, and a short run learns to draw one lung for both.
+    Why (ours; 1.0 is the original): a polygon's first x bin decides *which* lung is drawn, a box's which
+    finding is boxed, and teacher forcing then hands the model the right start, so the other tokens teach
+    shape, not the instruction. In a token mean that choice is 1/61 of a segmentation batch, against 1/2 for
+    a yes/no answer, and a short run learns to draw one lung for both. Text answers are left alone: a yes/no
+    answer's first token already carries half its weight, and a report's first word is a constant header.
     """
     positions = jnp.arange(targets.shape[-1])
-    weights = jnp.where(positions == 0, jnp.float32(first_token_weight), jnp.float32(1.0))
+    first_of_coordinates = (positions == 0) & (targets[:, :1] >= first_bin)
+    weights = jnp.where(first_of_coordinates, jnp.float32(first_token_weight), jnp.float32(1.0))
     return jnp.where(targets != PAD_ID, weights, 0.0)
 
 
@@ -151,10 +154,11 @@ def train_step(
         model = nnx.merge(graphdef, params, model_state, copy=True)
         logits = model(mb["src"], mb["images"], mb["prev"], train=True, rngs=nnx.Rngs(dropout=key))
         losses = token_losses(logits, mb["target"], label_smoothing, bin_sigma)
-        losses = losses * answer_weights(mb["target"], first_token_weight)
-        per_example = jnp.sum(losses, axis=1)
+        first_bin = logits.shape[-1] - NUM_BINS
+        weights = answer_weights(mb["target"], first_token_weight, first_bin)
+        per_example = jnp.sum(losses * weights, axis=1)
         _, _, new_model_state = nnx.split(model, nnx.Param, ...)
-        return jnp.sum(per_example) * scale, (per_example, new_model_state)
+        return jnp.sum(per_example) * scale, ((per_example, jnp.sum(weights, axis=1)), new_model_state)
 
     def accumulate(carry, inputs):
         grads_sum, model_state = carry
@@ -172,11 +176,11 @@ def train_step(
         (grads, model_state), per_example = jax.lax.scan(
             accumulate, (zeros, state.model_state), (micro, keys)
         )
-    per_example = per_example.reshape(batch_size)
+    per_example, example_weight = (x.reshape(batch_size) for x in per_example)
     tokens = jnp.sum(batch["target"] != PAD_ID)
-    weights = answer_weights(batch["target"], first_token_weight)  # (B, T); the token count when all are 1
-    grads = jax.tree.map(lambda g: g / (scale * jnp.maximum(jnp.sum(weights), 1)), grads)
-    loss = jnp.sum(per_example) / jnp.maximum(jnp.sum(weights), 1)
+    total_weight = jnp.maximum(jnp.sum(example_weight), 1)  # the token count when every weight is 1
+    grads = jax.tree.map(lambda g: g / (scale * total_weight), grads)
+    loss = jnp.sum(per_example) / total_weight
 
     finite = jnp.isfinite(loss) & _all_finite(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -194,7 +198,7 @@ def train_step(
     )
     # Per-task-family token losses, for logging.
     task_onehot = jax.nn.one_hot(batch["task"], len(TASK_FAMILIES))
-    task_tokens = jnp.sum(task_onehot * jnp.sum(weights, axis=1)[:, None], axis=0)
+    task_tokens = jnp.sum(task_onehot * example_weight[:, None], axis=0)
     task_loss = jnp.sum(task_onehot * per_example[:, None], axis=0) / jnp.maximum(task_tokens, 1)
     metrics = {
         "loss": loss,
