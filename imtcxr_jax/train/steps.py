@@ -55,20 +55,18 @@ def token_losses(
     return jnp.where(targets != PAD_ID, nll, 0.0)
 
 
-def answer_weights(targets: jax.Array, first_token_weight: float = 1.0, first_bin: int = 0) -> jax.Array:
-    """Per-token loss weights (B, T): ``first_token_weight`` on the first token of each target that starts
-    with a location bin (id >= ``first_bin``: a box or a polygon), 1 on the other tokens, 0 on padding. The
-    loss is the weighted mean over the batch's tokens; all 1 is the original's token mean.
+def answer_weights(targets: jax.Array, first_token_weight: float = 1.0) -> jax.Array:
+    """Per-token loss weights (B, T): ``first_token_weight`` on each target's first token, 1 on the others,
+    0 on padding. The loss is the weighted mean over the batch's tokens; all 1 is the original's token mean.
 
-    Why (ours; 1.0 is the original): a polygon's first x bin decides *which* lung is drawn, a box's which
-    finding is boxed, and teacher forcing then hands the model the right start, so the other tokens teach
-    shape, not the instruction. In a token mean that choice is 1/61 of a segmentation batch, against 1/2 for
-    a yes/no answer, and a short run learns to draw one lung for both. Text answers are left alone: a yes/no
-    answer's first token already carries half its weight, and a report's first word is a constant header.
+    Why (ours; 1.0 is the original): the first token is where an answer commits to what was asked. A
+    polygon's first x bin decides *which* lung is drawn, a box's which finding is boxed, a yes/no answer's
+    word whether the finding asked about is there. Teacher forcing then hands the model the right start, so
+    a polygon's 60 other tokens teach shape, not the instruction: in a token mean that choice is 1/61 of a
+    segmentation batch, and a short run learns to draw one lung whichever is asked for.
     """
     positions = jnp.arange(targets.shape[-1])
-    first_of_coordinates = (positions == 0) & (targets[:, :1] >= first_bin)
-    weights = jnp.where(first_of_coordinates, jnp.float32(first_token_weight), jnp.float32(1.0))
+    weights = jnp.where(positions == 0, jnp.float32(first_token_weight), jnp.float32(1.0))
     return jnp.where(targets != PAD_ID, weights, 0.0)
 
 
@@ -154,8 +152,7 @@ def train_step(
         model = nnx.merge(graphdef, params, model_state, copy=True)
         logits = model(mb["src"], mb["images"], mb["prev"], train=True, rngs=nnx.Rngs(dropout=key))
         losses = token_losses(logits, mb["target"], label_smoothing, bin_sigma)
-        first_bin = logits.shape[-1] - NUM_BINS
-        weights = answer_weights(mb["target"], first_token_weight, first_bin)
+        weights = answer_weights(mb["target"], first_token_weight)
         per_example = jnp.sum(losses * weights, axis=1)
         _, _, new_model_state = nnx.split(model, nnx.Param, ...)
         return jnp.sum(per_example) * scale, ((per_example, jnp.sum(weights, axis=1)), new_model_state)
