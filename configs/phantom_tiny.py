@@ -43,7 +43,8 @@ def get_config():
     c.total_steps = 1600
     c.warmup_steps = 100
     c.learning_rate = 5e-4  # 1e-3 left the presence answers label-blind; 2e-3 learnt boxes but not outlines
-    # A polygon's first bin decides which lung is drawn; at weight 1 a 1,600-step run drew one lung for both.
+    # An answer's first token commits to what was asked (which lung, yes or no); at weight 1 a 1,600-step run
+    # drew the same lung whichever was asked for (README, "What it gives today").
     c.first_token_weight = 20.0
     # Neighbouring bins learn together: a Gaussian of 15 bins (~2 px at 128 px) around each coordinate.
     c.bin_sigma = 15.0
