@@ -56,6 +56,17 @@ def _assert_same_batches(a, b):
             np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
+def _assert_resumes(data, config):
+    """A saved iterator state, restored into a fresh dataset, continues with the same batches."""
+    iterator = iter(_dataset(data, config))
+    _take(iterator, 2)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = _take(iterator, 3)
+    resumed = iter(_dataset(data, config))
+    resumed.set_state(state)
+    _assert_same_batches(_take(resumed, 3), expected)
+
+
 def _parse(family_task: Task, text: str, size: float):
     """The task parser of a decoded target."""
     if family_task is Task.DISEASES:
@@ -347,13 +358,7 @@ def test_batch_by_family_hosts_partition_the_global_stream_and_resume(data):
             np.testing.assert_array_equal(
                 np.concatenate([hosts[p][step][key] for p in range(2)]), value, err_msg=key
             )
-    iterator = iter(_dataset(data, config))
-    _take(iterator, 2)
-    state = json.loads(json.dumps(iterator.get_state()))
-    expected = _take(iterator, 3)
-    resumed = iter(_dataset(data, config))
-    resumed.set_state(state)
-    _assert_same_batches(_take(resumed, 3), expected)
+    _assert_resumes(data, config)
 
 
 def test_record_grouped_order_shuffles_records_and_keeps_their_examples_together():
@@ -385,12 +390,6 @@ def test_group_by_record_puts_one_images_questions_in_one_batch_and_resumes(data
     starts = [i for i, s in enumerate(order) if s == "left lung"]
     assert len(starts) >= 2
     assert order[starts[0] : starts[0] + 3] == ["left lung", "right lung", "heart"]
-    iterator = iter(_dataset(data, config))
-    _take(iterator, 2)
-    state = json.loads(json.dumps(iterator.get_state()))
-    expected = _take(iterator, 3)
-    resumed = iter(_dataset(data, config))
-    resumed.set_state(state)
-    _assert_same_batches(_take(resumed, 3), expected)
+    _assert_resumes(data, config)
     with pytest.raises(ValueError, match=r"group_by_record names unknown task families \['segmentaton'\]"):
         pipeline.PipelineConfig(group_by_record="segmentaton")
