@@ -27,14 +27,15 @@ JSON-able dict; restoring it resumes the identical batch sequence. Because batch
 MapDataset stage, worker processes (``num_workers > 0``) each build whole batches by index, and the sequence
 does not depend on the worker count; a saved state is still per-worker, so resume with the same count.
 
-**One family per batch** (``batch_by_family``): each family is batched on its own, its instructions and targets
-padded only to its longest example (rounded up to a multiple of 8) instead of ``max_src_len`` / ``max_tgt_len``,
-and whole batches are mixed by weight: a yes/no answer no longer pays for a report's decoder length, nor a short
-question for the evidence prompt's encoder length (padding is masked, so the model's outputs do not change).
+**One family per batch** (``batch_by_family``): each family is batched on its own, its instructions and
+targets padded only to its longest example (rounded up to a multiple of 8) instead of ``max_src_len`` /
+``max_tgt_len``, and whole batches are mixed by weight: a yes/no answer no longer pays for a report's decoder
+length, nor a short question for the evidence prompt's encoder length (padding is masked, so the model's
+outputs do not change).
 Each family's batches are sliced per host before the mix, and the mix is the same on every host, so the hosts
-still assemble the single-process global batch at every step. The train step compiles once per family. The weights then
-count batches, not examples, and since the loss is a token mean per batch, a short-answer family weighs more
-per token than in a mixed batch.
+still assemble the single-process global batch at every step. The train step compiles once per family. The
+weights then count batches, not examples, and since the loss is a token mean per batch, a short-answer family
+weighs more per token than in a mixed batch.
 
 Lengths: report targets are cut to the first 128 words (as the original does) when the text is built. Token
 lengths do not depend on augmentation (a box is always 4 bins, a polygon 2N), so every example is measured
@@ -517,8 +518,9 @@ class RecordGroupedOrder(Sequence):
 
     Why: with every example shuffled on its own, "segment the left lung" and "segment the right lung" of one
     image land in different batches, and each step's gradient mostly says "draw a lung". Side by side in a
-    batch, what the two answers share cancels and what tells them apart remains. The order of epoch e is a
-    permutation of the records drawn from (seed, e): deterministic, and indexable without state, so the
+    batch, what the two answers share cancels and what tells them apart remains. (In the main job it did not
+    end the left/right confusion by step 800; `first_token_weight` did, see the README.) The order of epoch e
+    is a permutation of the records drawn from (seed, e): deterministic, and indexable without state, so the
     iterator's state still resumes it exactly.
     """
 

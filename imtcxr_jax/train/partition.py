@@ -93,7 +93,15 @@ def jit_train_step(
     bin_sigma: float = 0.0,
     first_token_weight: float = 1.0,
 ) -> Any:
-    """train_step jitted with explicit in/out shardings; the old state's buffers are donated."""
+    """train_step jitted with explicit in/out shardings; the old state's buffers are donated. Raises ValueError
+    naming the config key for a loss option out of range."""
+    for key, value, valid, expected in (
+        ("label_smoothing", label_smoothing, 0.0 <= label_smoothing < 1.0, "in [0, 1)"),
+        ("bin_sigma", bin_sigma, bin_sigma >= 0.0, ">= 0 (0: off)"),
+        ("first_token_weight", first_token_weight, first_token_weight >= 0.0, ">= 0 (1: the original)"),
+    ):
+        if not valid:
+            raise ValueError(f"config.{key}: got {value!r}, expected a number {expected}")
     step = functools.partial(
         train_step,
         graphdef=graphdef,

@@ -105,6 +105,10 @@ def test_first_token_weight_gives_the_weighted_token_mean():
     first = (losses[3.0] * (tokens + 2 * targets_count) - total) / 2
     assert losses[5.0] == pytest.approx((total + 4 * first) / (tokens + 4 * targets_count), rel=1e-5)
     assert abs(losses[5.0] - losses[1.0]) > 1e-3  # the weight really changed the loss
+    with pytest.raises(ValueError, match=r"config.first_token_weight: got -1.0, expected a number >= 0"):
+        jit_train_step(graphdef, tx, shardings, mesh, first_token_weight=-1.0)
+    with pytest.raises(ValueError, match=r"config.bin_sigma: got -2.0"):
+        jit_train_step(graphdef, tx, shardings, mesh, bin_sigma=-2.0)
 
 
 def _run(mesh_shape, devices, steps=2, accumulation=1, **model_changes):
