@@ -548,6 +548,11 @@ class RecordGroupedOrder(Sequence):
         return self._refs[self.epoch_order(epoch)[position]]
 
 
+def _padded_length(longest: int, limit: int) -> int:
+    """A family's padded length: its longest example rounded up to a multiple of 8, at most ``limit``."""
+    return min(-(-longest // 8) * 8, limit)
+
+
 def make_train_dataset(
     records: Sequence[Record],
     image_dir: str | Path,
@@ -602,10 +607,12 @@ def make_train_dataset(
         dataset = dataset.random_map(maker, seed=_derived_seed(seed, 1, family))
         if config.batch_by_family:
             # Host p takes this family's batches p, p + P, ... (see the mixed case below), before the mix.
-            longest = pipeline_report.longest_target[family]
-            maker.target_lengths[family] = min(-(-longest // 8) * 8, config.max_tgt_len)
-            longest = pipeline_report.longest_source[family]
-            maker.source_lengths[family] = min(-(-longest // 8) * 8, config.max_src_len)
+            maker.source_lengths[family] = _padded_length(
+                pipeline_report.longest_source[family], config.max_src_len
+            )
+            maker.target_lengths[family] = _padded_length(
+                pipeline_report.longest_target[family], config.max_tgt_len
+            )
             dataset = dataset.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
         datasets.append(dataset)
         weights.append(weight)

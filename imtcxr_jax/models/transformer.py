@@ -129,7 +129,7 @@ def dot_product_attention(
     attend. Returns (B, Tq, H, hd)."""
     kv = "bhkd" if kv_heads_first else "bkhd"
     logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k).astype(jnp.float32)
-    if bias.shape[0] == 1 and logits.shape[0] > 1:
+    if bias.shape[0] == 1:
         logits = add_shared_bias(logits, bias.astype(jnp.float32))
     else:
         logits = logits + bias.astype(jnp.float32)

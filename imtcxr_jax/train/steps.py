@@ -155,7 +155,7 @@ def train_step(
         weights = answer_weights(mb["target"], first_token_weight)
         per_example = jnp.sum(losses * weights, axis=1)
         _, _, new_model_state = nnx.split(model, nnx.Param, ...)
-        return jnp.sum(per_example) * scale, ((per_example, jnp.sum(weights, axis=1)), new_model_state)
+        return jnp.sum(per_example) * scale, (per_example, new_model_state)
 
     def accumulate(carry, inputs):
         grads_sum, model_state = carry
@@ -173,8 +173,9 @@ def train_step(
         (grads, model_state), per_example = jax.lax.scan(
             accumulate, (zeros, state.model_state), (micro, keys)
         )
-    per_example, example_weight = (x.reshape(batch_size) for x in per_example)
+    per_example = per_example.reshape(batch_size)
     tokens = jnp.sum(batch["target"] != PAD_ID)
+    example_weight = jnp.sum(answer_weights(batch["target"], first_token_weight), axis=1)  # (B,)
     total_weight = jnp.maximum(jnp.sum(example_weight), 1)  # the token count when every weight is 1
     grads = jax.tree.map(lambda g: g / (scale * total_weight), grads)
     loss = jnp.sum(per_example) / total_weight
