@@ -526,10 +526,7 @@ def _candidates_from_logits(
     if ngram_bound > 0:
         row_ids, banned = _ngram_ban_columns(tokens, t, no_repeat_ngram_size, ngram_bound, vocab)
         ranked = ranked.at[row_ids, banned].set(NEG_INF, mode="drop")
-    # The barriers keep the top-k a top-k for XLA CPU (see `_top_candidates`).
-    best, columns = jax.lax.optimization_barrier(
-        jax.lax.top_k(jax.lax.optimization_barrier(ranked), 2 * k)
-    )  # (B*K, 2K)
+    best, columns = _row_top_k(ranked, 2 * k)  # (B*K, 2K)
 
     # Exact log-probabilities of the candidates; -inf stays -inf (forbidden or banned).
     logit = jnp.where(columns == UNK_ID, unk_logit[:, None], best)
@@ -638,10 +635,43 @@ def _top_candidates(scores: jax.Array, n: int) -> tuple[jax.Array, jax.Array, ja
     if n > vocab:  # fewer columns than candidates (a projection onto a few tokens): one flat top-k
         best, flat = jax.lax.optimization_barrier(jax.lax.top_k(scores.reshape(batch, k * vocab), n))
         return best, flat // vocab, flat % vocab
-    row_scores, row_tokens = jax.lax.optimization_barrier(
-        jax.lax.top_k(jax.lax.optimization_barrier(scores), n)
-    )  # (B, K, n)
-    return _best_of_rows(row_scores, row_tokens, n)
+    row_scores, row_tokens = _row_top_k(scores.reshape(batch * k, vocab), n)
+    return _best_of_rows(row_scores.reshape(batch, k, n), row_tokens.reshape(batch, k, n), n)
+
+
+def _row_top_k(values: jax.Array, n: int, chunk: int = 128) -> tuple[jax.Array, jax.Array]:
+    """`lax.top_k(values, n)` of (R, V) rows, ties included, from one pass over the rows and a top-k over
+    n chunks of each.
+
+    A row's columns fall into chunks of `chunk` (the last few, fewer than `chunk`, form a tail that is
+    top-k'd on its own). Chunks are ranked by their maximum, ties towards the lower chunk. Each of the row's
+    n best values lies in one of its n best chunks: every chunk ranked above the chunk of value v holds a
+    value that beats v (larger, or equal at a lower column), so fewer than n chunks rank above it. The n best
+    chunks are gathered in column order, the tail's n best after them, so that the final top-k over those
+    values breaks ties by column as the flat one does. For the OFA vocabulary at 192 rows this reads the
+    logits once and then n * chunk of each row's values: 4x faster than one top-k per row on XLA CPU.
+    """
+    rows, vocab = values.shape
+    chunks = vocab // chunk
+    if chunks <= n:  # a short row: one flat top-k
+        return _top_k(values, n)
+    # A window reduction: XLA CPU reads a (R, chunks, chunk) reshape of the column slice 7x slower.
+    chunk_max = jax.lax.reduce_window(values, -jnp.inf, jax.lax.max, (1, chunk), (1, chunk), "VALID")
+    _, best_chunks = _top_k(chunk_max, n)  # (R, n)
+    best_chunks = jnp.sort(best_chunks, axis=-1)  # column order, for the ties
+    pool_columns = (best_chunks[:, :, None] * chunk + jnp.arange(chunk)).reshape(rows, n * chunk)
+    pool = jnp.take_along_axis(values, pool_columns, axis=1, mode="clip")  # (all in range)
+    if vocab > chunks * chunk:
+        tail_best, tail_columns = _top_k(values[:, chunks * chunk :], min(n, vocab - chunks * chunk))
+        pool = jnp.concatenate([pool, tail_best], axis=1)
+        pool_columns = jnp.concatenate([pool_columns, tail_columns + chunks * chunk], axis=1)
+    best, position = _top_k(pool, n)
+    return best, jnp.take_along_axis(pool_columns, position, axis=1)
+
+
+def _top_k(values: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """`lax.top_k` behind barriers that keep it a top-k for XLA CPU (see `_top_candidates`)."""
+    return jax.lax.optimization_barrier(jax.lax.top_k(jax.lax.optimization_barrier(values), n))
 
 
 def _best_of_rows(

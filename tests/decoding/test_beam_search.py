@@ -30,6 +30,7 @@ from imtcxr_jax.decoding.beam_search import (
     _candidates_from_lprobs,
     _ngram_bans,
     _process_lprobs,
+    _row_top_k,
     _search,
     _top_candidates,
 )
@@ -323,6 +324,23 @@ def test_two_stage_candidates_equal_one_stable_sort_of_all_scores(vocab):
             flat = np.argsort(-scores[b].reshape(-1), kind="stable")[:n]
             np.testing.assert_array_equal(np.asarray(beams[b]) * vocab + np.asarray(tokens[b]), flat)
             np.testing.assert_array_equal(np.asarray(best[b]), scores[b].reshape(-1)[flat])
+
+
+@pytest.mark.parametrize("vocab", [9, 40, 43, 150])
+def test_chunked_row_top_k_equals_one_stable_sort_of_the_row(vocab):
+    # Chunks of 4 columns: 9 columns is a flat top-k, 40 has no tail, 43 and 150 have one. Few distinct
+    # values and many -inf, so that ties decide most places.
+    rng = np.random.default_rng(vocab)
+    for _ in range(20):
+        values = rng.integers(-3, 3, (6, vocab)).astype(np.float32)
+        values[rng.random((6, vocab)) < 0.5] = -np.inf
+        values[0] = -np.inf
+        for n in (1, 3, 8):
+            best, columns = _row_top_k(jnp.asarray(values), n, chunk=4)
+            for row in range(6):
+                expected = np.argsort(-values[row], kind="stable")[:n]
+                np.testing.assert_array_equal(np.asarray(columns[row]), expected)
+                np.testing.assert_array_equal(np.asarray(best[row]), values[row, expected])
 
 
 @pytest.mark.parametrize("t", [0, 1, 5, 6])
