@@ -300,6 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
         graphdef, optimizer, shardings, mesh,
         accumulation_steps=config.accumulation_steps, label_smoothing=config.label_smoothing,
         bin_sigma=config.bin_sigma, first_token_weight=config.first_token_weight,
+        first_tokens=config.first_tokens,
     )  # fmt: skip
 
     dataset = make_train_dataset(

@@ -92,6 +92,7 @@ def jit_train_step(
     label_smoothing: float = 0.0,
     bin_sigma: float = 0.0,
     first_token_weight: float = 1.0,
+    first_tokens: int = 1,
 ) -> Any:
     """train_step jitted with explicit in/out shardings; the old state's buffers are donated. Raises ValueError
     naming the config key for a loss option out of range."""
@@ -99,6 +100,12 @@ def jit_train_step(
         ("label_smoothing", label_smoothing, 0.0 <= label_smoothing < 1.0, "in [0, 1)"),
         ("bin_sigma", bin_sigma, bin_sigma >= 0.0, ">= 0 (0: off)"),
         ("first_token_weight", first_token_weight, first_token_weight >= 0.0, ">= 0 (1: the original)"),
+        (
+            "first_tokens",
+            first_tokens,
+            isinstance(first_tokens, int) and first_tokens >= 1,
+            ">= 1 (an integer)",
+        ),
     ):
         if not valid:
             raise ValueError(f"config.{key}: got {value!r}, expected a number {expected}")
@@ -110,6 +117,7 @@ def jit_train_step(
         label_smoothing=label_smoothing,
         bin_sigma=bin_sigma,
         first_token_weight=first_token_weight,
+        first_tokens=first_tokens,
     )
     return jax.jit(
         step,

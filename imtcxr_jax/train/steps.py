@@ -55,18 +55,20 @@ def token_losses(
     return jnp.where(targets != PAD_ID, nll, 0.0)
 
 
-def answer_weights(targets: jax.Array, first_token_weight: float = 1.0) -> jax.Array:
-    """Per-token loss weights (B, T): ``first_token_weight`` on each target's first token, 1 on the others,
-    0 on padding. The loss is the weighted mean over the batch's tokens; all 1 is the original's token mean.
+def answer_weights(targets: jax.Array, first_token_weight: float = 1.0, first_tokens: int = 1) -> jax.Array:
+    """Per-token loss weights (B, T): ``first_token_weight`` on each target's first ``first_tokens`` tokens, 1
+    on the others, 0 on padding. The loss is the weighted mean over the batch's tokens; all 1 is the
+    original's token mean.
 
     Why (ours; 1.0 is the original): the first token is where an answer commits to what was asked. A
     polygon's first x bin decides *which* lung is drawn, a box's which finding is boxed, a yes/no answer's
     word whether the finding asked about is there. Teacher forcing then hands the model the right start, so
     a polygon's 60 other tokens teach shape, not the instruction: in a token mean that choice is 1/61 of a
-    segmentation batch, and a short run learns to draw one lung whichever is asked for.
+    segmentation batch, and a short run learns to draw one lung whichever is asked for. Its second token,
+    the first point's y bin, places the whole outline vertically in the same way (``first_tokens`` 2).
     """
     positions = jnp.arange(targets.shape[-1])
-    weights = jnp.where(positions == 0, jnp.float32(first_token_weight), jnp.float32(1.0))
+    weights = jnp.where(positions < first_tokens, jnp.float32(first_token_weight), jnp.float32(1.0))
     return jnp.where(targets != PAD_ID, weights, 0.0)
 
 
@@ -132,10 +134,11 @@ def train_step(
     label_smoothing: float = 0.0,
     bin_sigma: float = 0.0,
     first_token_weight: float = 1.0,
+    first_tokens: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from `accumulation_steps` micro-batches of `batch`. The loss is the token-mean over
     all target tokens of the whole batch (fairseq's sample_size = ntokens; weighted by `answer_weights` when
-    `first_token_weight` != 1, the per-family log losses too). A non-finite loss or gradient
+    `first_token_weight` != 1 on the first `first_tokens` tokens, the per-family log losses too). A non-finite loss or gradient
     leaves parameters, optimizer state and statistics untouched and is counted in `skipped_steps`."""
     rng, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1.0)
@@ -152,7 +155,7 @@ def train_step(
         model = nnx.merge(graphdef, params, model_state, copy=True)
         logits = model(mb["src"], mb["images"], mb["prev"], train=True, rngs=nnx.Rngs(dropout=key))
         losses = token_losses(logits, mb["target"], label_smoothing, bin_sigma)
-        weights = answer_weights(mb["target"], first_token_weight)
+        weights = answer_weights(mb["target"], first_token_weight, first_tokens)
         per_example = jnp.sum(losses * weights, axis=1)
         _, _, new_model_state = nnx.split(model, nnx.Param, ...)
         return jnp.sum(per_example) * scale, (per_example, new_model_state)
@@ -175,7 +178,9 @@ def train_step(
         )
     per_example = per_example.reshape(batch_size)
     tokens = jnp.sum(batch["target"] != PAD_ID)
-    example_weight = jnp.sum(answer_weights(batch["target"], first_token_weight), axis=1)  # (B,)
+    example_weight = jnp.sum(
+        answer_weights(batch["target"], first_token_weight, first_tokens), axis=1
+    )  # (B,)
     total_weight = jnp.maximum(jnp.sum(example_weight), 1)  # the token count when every weight is 1
     grads = jax.tree.map(lambda g: g / (scale * total_weight), grads)
     loss = jnp.sum(per_example) / total_weight

@@ -88,6 +88,9 @@ def test_first_token_weight_gives_the_weighted_token_mean():
     targets = jnp.asarray([[5, 6, 2, 1], [7, 2, 1, 1], [1, 1, 1, 1]])
     np.testing.assert_array_equal(answer_weights(targets, 4.0), [[4, 1, 1, 0], [4, 1, 0, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(answer_weights(targets), targets != 1)
+    np.testing.assert_array_equal(
+        answer_weights(targets, 4.0, first_tokens=2), [[4, 4, 1, 0], [4, 4, 0, 0], [0, 0, 0, 0]]
+    )
     # One step's loss at first-token weights 1, 3 and 5 from the same state and batch: the per-token losses l
     # are the same, so with S = sum(l), F = sum(l at position 0), N tokens and B targets, the loss at weight w
     # is (S + (w - 1) F) / (N + (w - 1) B): the first two losses fix S and F and predict the third.
@@ -107,6 +110,8 @@ def test_first_token_weight_gives_the_weighted_token_mean():
     assert abs(losses[5.0] - losses[1.0]) > 1e-3  # the weight really changed the loss
     with pytest.raises(ValueError, match=r"config.first_token_weight: got -1.0, expected a number >= 0"):
         jit_train_step(graphdef, tx, shardings, mesh, first_token_weight=-1.0)
+    with pytest.raises(ValueError, match=r"config.first_tokens: got 0, expected a number >= 1"):
+        jit_train_step(graphdef, tx, shardings, mesh, first_tokens=0)
     with pytest.raises(ValueError, match=r"config.bin_sigma: got -2.0"):
         jit_train_step(graphdef, tx, shardings, mesh, bin_sigma=-2.0)
 
