@@ -67,7 +67,8 @@ def base_config(model_size: str = "micro") -> ml_collections.ConfigDict:
     c.clip_norm = 1.0
     c.label_smoothing = 0.0
     c.first_token_weight = 1.0  # > 1: each target's first token weighs more in the loss (steps.py)
-    c.first_tokens = 1  # ... or its first this many tokens
+    c.first_tokens = 1  # ... or its first this many tokens (EOS excepted)
+    c.first_token_families = ""  # ... of these task families' answers ("localization,segmentation"; "": all)
     c.bin_sigma = 0.0  # > 0: bin targets scored against a Gaussian this many bins wide (steps.py)
     c.nan_policy = "error"  # "error": stop naming the step; "skip": skip the update and count it
 

@@ -301,6 +301,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
         accumulation_steps=config.accumulation_steps, label_smoothing=config.label_smoothing,
         bin_sigma=config.bin_sigma, first_token_weight=config.first_token_weight,
         first_tokens=config.first_tokens,
+        first_token_families=tuple(f.strip() for f in config.first_token_families.split(",") if f.strip()),
     )  # fmt: skip
 
     dataset = make_train_dataset(

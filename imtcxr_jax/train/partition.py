@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.models.imtcxr import IMTCXR
 from imtcxr_jax.sharding import DEFAULT_RULES, create_sharded, plan_shardings
-from imtcxr_jax.train.steps import TrainState, create_train_state, train_step
+from imtcxr_jax.train.steps import TASK_FAMILIES, TrainState, create_train_state, train_step
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -93,6 +93,7 @@ def jit_train_step(
     bin_sigma: float = 0.0,
     first_token_weight: float = 1.0,
     first_tokens: int = 1,
+    first_token_families: tuple[str, ...] = (),
 ) -> Any:
     """train_step jitted with explicit in/out shardings; the old state's buffers are donated. Raises ValueError
     naming the config key for a loss option out of range."""
@@ -109,6 +110,11 @@ def jit_train_step(
     ):
         if not valid:
             raise ValueError(f"config.{key}: got {value!r}, expected a number {expected}")
+    if unknown := sorted(set(first_token_families) - set(TASK_FAMILIES)):
+        raise ValueError(
+            f"config.first_token_families: unknown {unknown}, expected a comma-separated subset of "
+            f"{', '.join(TASK_FAMILIES)} (empty: all)"
+        )
     step = functools.partial(
         train_step,
         graphdef=graphdef,
@@ -118,6 +124,7 @@ def jit_train_step(
         bin_sigma=bin_sigma,
         first_token_weight=first_token_weight,
         first_tokens=first_tokens,
+        first_token_families=tuple(first_token_families),
     )
     return jax.jit(
         step,

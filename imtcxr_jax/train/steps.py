@@ -17,6 +17,7 @@ from flax import nnx, struct
 
 from imtcxr_jax.models.imtcxr import PAD_ID
 from imtcxr_jax.text.coords import NUM_BINS
+from imtcxr_jax.text.tokenizer import EOS_ID
 
 TASK_FAMILIES = ("classification", "localization", "segmentation", "report")
 
@@ -55,9 +56,15 @@ def token_losses(
     return jnp.where(targets != PAD_ID, nll, 0.0)
 
 
-def answer_weights(targets: jax.Array, first_token_weight: float = 1.0, first_tokens: int = 1) -> jax.Array:
-    """Per-token loss weights (B, T): ``first_token_weight`` on each target's first ``first_tokens`` tokens, 1
-    on the others, 0 on padding. The loss is the weighted mean over the batch's tokens; all 1 is the
+def answer_weights(
+    targets: jax.Array,
+    first_token_weight: float = 1.0,
+    first_tokens: int = 1,
+    weighted_rows: jax.Array | None = None,
+) -> jax.Array:
+    """Per-token loss weights (B, T): ``first_token_weight`` on each target's first ``first_tokens`` tokens
+    (EOS excepted: it commits to nothing) in the rows where ``weighted_rows`` (B,) bool is set (default: all),
+    1 on the others, 0 on padding. The loss is the weighted mean over the batch's tokens; all 1 is the
     original's token mean.
 
     Why (ours; 1.0 is the original): the first token is where an answer commits to what was asked. A
@@ -67,8 +74,10 @@ def answer_weights(targets: jax.Array, first_token_weight: float = 1.0, first_to
     segmentation batch, and a short run learns to draw one lung whichever is asked for. Its second token,
     the first point's y bin, places the whole outline vertically in the same way (``first_tokens`` 2).
     """
-    positions = jnp.arange(targets.shape[-1])
-    weights = jnp.where(positions < first_tokens, jnp.float32(first_token_weight), jnp.float32(1.0))
+    leading = (jnp.arange(targets.shape[-1]) < first_tokens) & (targets != EOS_ID)
+    if weighted_rows is not None:
+        leading &= weighted_rows[:, None]
+    weights = jnp.where(leading, jnp.float32(first_token_weight), jnp.float32(1.0))
     return jnp.where(targets != PAD_ID, weights, 0.0)
 
 
@@ -135,10 +144,12 @@ def train_step(
     bin_sigma: float = 0.0,
     first_token_weight: float = 1.0,
     first_tokens: int = 1,
+    first_token_families: tuple[str, ...] = (),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from `accumulation_steps` micro-batches of `batch`. The loss is the token-mean over
     all target tokens of the whole batch (fairseq's sample_size = ntokens; weighted by `answer_weights` when
-    `first_token_weight` != 1 on the first `first_tokens` tokens, the per-family log losses too). A non-finite loss or gradient
+    `first_token_weight` != 1 on the first `first_tokens` tokens of the answers of `first_token_families`,
+    default all, the per-family log losses too). A non-finite loss or gradient
     leaves parameters, optimizer state and statistics untouched and is counted in `skipped_steps`."""
     rng, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1.0)
@@ -150,12 +161,18 @@ def train_step(
     micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch)
     keys = jax.random.split(step_key, accumulation_steps)
 
+    def weights_of(b: dict[str, jax.Array]) -> jax.Array:
+        rows = None
+        if first_token_families:
+            rows = jnp.isin(b["task"], jnp.asarray([TASK_FAMILIES.index(f) for f in first_token_families]))
+        return answer_weights(b["target"], first_token_weight, first_tokens, rows)
+
     def loss_fn(params, model_state, mb, key):
         # copy=True: fresh Variables at this trace level (the inputs belong to the enclosing scan/grad traces).
         model = nnx.merge(graphdef, params, model_state, copy=True)
         logits = model(mb["src"], mb["images"], mb["prev"], train=True, rngs=nnx.Rngs(dropout=key))
         losses = token_losses(logits, mb["target"], label_smoothing, bin_sigma)
-        weights = answer_weights(mb["target"], first_token_weight, first_tokens)
+        weights = weights_of(mb)
         per_example = jnp.sum(losses * weights, axis=1)
         _, _, new_model_state = nnx.split(model, nnx.Param, ...)
         return jnp.sum(per_example) * scale, (per_example, new_model_state)
@@ -178,9 +195,7 @@ def train_step(
         )
     per_example = per_example.reshape(batch_size)
     tokens = jnp.sum(batch["target"] != PAD_ID)
-    example_weight = jnp.sum(
-        answer_weights(batch["target"], first_token_weight, first_tokens), axis=1
-    )  # (B,)
+    example_weight = jnp.sum(weights_of(batch), axis=1)  # (B,)
     total_weight = jnp.maximum(jnp.sum(example_weight), 1)  # the token count when every weight is 1
     grads = jax.tree.map(lambda g: g / (scale * total_weight), grads)
     loss = jnp.sum(per_example) / total_weight

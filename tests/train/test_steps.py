@@ -88,8 +88,13 @@ def test_first_token_weight_gives_the_weighted_token_mean():
     targets = jnp.asarray([[5, 6, 2, 1], [7, 2, 1, 1], [1, 1, 1, 1]])
     np.testing.assert_array_equal(answer_weights(targets, 4.0), [[4, 1, 1, 0], [4, 1, 0, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(answer_weights(targets), targets != 1)
+    # The first two tokens, EOS (2) excepted; then only the rows asked for.
     np.testing.assert_array_equal(
-        answer_weights(targets, 4.0, first_tokens=2), [[4, 4, 1, 0], [4, 4, 0, 0], [0, 0, 0, 0]]
+        answer_weights(targets, 4.0, first_tokens=2), [[4, 4, 1, 0], [4, 1, 0, 0], [0, 0, 0, 0]]
+    )
+    rows = jnp.asarray([False, True, True])
+    np.testing.assert_array_equal(
+        answer_weights(targets, 4.0, 2, rows), [[1, 1, 1, 0], [4, 1, 0, 0], [0, 0, 0, 0]]
     )
     # One step's loss at first-token weights 1, 3 and 5 from the same state and batch: the per-token losses l
     # are the same, so with S = sum(l), F = sum(l at position 0), N tokens and B targets, the loss at weight w
@@ -110,6 +115,16 @@ def test_first_token_weight_gives_the_weighted_token_mean():
     assert abs(losses[5.0] - losses[1.0]) > 1e-3  # the weight really changed the loss
     with pytest.raises(ValueError, match=r"config.first_token_weight: got -1.0, expected a number >= 0"):
         jit_train_step(graphdef, tx, shardings, mesh, first_token_weight=-1.0)
+    # Restricted to task families: a family the batch asks nothing of changes nothing, all four are the default.
+    batch = dict(batch, task=np.full_like(batch["task"], 2))  # every example a segmentation question
+    for families, expected in ((("report",), losses[1.0]), (("segmentation", "report"), losses[5.0])):
+        graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
+        step = jit_train_step(
+            graphdef, tx, shardings, mesh, first_token_weight=5.0, first_token_families=families
+        )
+        assert float(step(state, batch)[1]["loss"]) == pytest.approx(expected, rel=1e-6), families
+    with pytest.raises(ValueError, match=r"config.first_token_families: unknown \['reports'\]"):
+        jit_train_step(graphdef, tx, shardings, mesh, first_token_families=("reports",))
     with pytest.raises(ValueError, match=r"config.first_tokens: got 0, expected a number >= 1"):
         jit_train_step(graphdef, tx, shardings, mesh, first_tokens=0)
     with pytest.raises(ValueError, match=r"config.bin_sigma: got -2.0"):
