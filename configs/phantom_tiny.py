@@ -46,6 +46,8 @@ def get_config():
     # An answer's first token commits to what was asked (which lung, yes or no); at weight 1 a 1,600-step run
     # drew the same lung whichever was asked for (README, "What it gives today").
     c.first_token_weight = 20.0
+    c.first_tokens = 2  # a polygon's first point: its y bin places the outline vertically
+    c.first_token_families = "localization,segmentation"
     # Neighbouring bins learn together: a Gaussian of 15 bins (~2 px at 128 px) around each coordinate.
     c.bin_sigma = 15.0
     c.log_every = 25
