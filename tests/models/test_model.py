@@ -10,7 +10,7 @@ from flax import nnx
 from imtcxr_jax.models.cli import cli_main, model_info
 from imtcxr_jax.models.config import EXPECTED_PARAMETER_COUNTS, ModelConfig, get_model_config
 from imtcxr_jax.models.imtcxr import IMTCXR, create_model
-from imtcxr_jax.models.resnet import BatchNorm, max_pool_3x3_stride_2
+from imtcxr_jax.models.resnet import BatchNorm, batch_norm_train, max_pool_3x3_stride_2
 from imtcxr_jax.models.transformer import add_shared_bias
 from imtcxr_jax.sharding import create_sharded, make_mesh
 
@@ -145,6 +145,55 @@ def test_batchnorm_matches_torch_in_train_and_eval_mode():
     np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x), train=True)), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours.mean[...]), theirs.running_mean.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(ours.var[...]), theirs.running_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_train_gradient_matches_torch_and_the_plain_formula():
+    # The closed-form backward pass (channel sums as products with ones) against torch's autograd of
+    # BatchNorm2d in train mode, and, with cotangents on mean and var too, against JAX's autodiff of the
+    # plain formula.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 5, 6, 8)).astype(np.float32) * 2 + 0.5
+    weight, bias = rng.normal(1, 0.2, 8).astype(np.float32), rng.normal(0, 0.2, 8).astype(np.float32)
+    grad_y = rng.standard_normal(x.shape).astype(np.float32)
+    eps = 1e-5
+    flat = jnp.asarray(x.reshape(-1, 8))
+    ys, backward = jax.vjp(
+        lambda a, s, b: batch_norm_train(a, s, b, eps), flat, jnp.asarray(weight), jnp.asarray(bias)
+    )
+    zeros = jnp.zeros((8,), jnp.float32)
+    grad_x, grad_scale, grad_bias = backward((jnp.asarray(grad_y.reshape(-1, 8)), zeros, zeros))
+
+    to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
+    tx, tw, tb = (
+        to_torch(x).requires_grad_(),
+        torch.from_numpy(weight).requires_grad_(),
+        torch.from_numpy(bias),
+    )
+    tb.requires_grad_()
+    ty = torch.nn.functional.batch_norm(tx, None, None, tw, tb, training=True, eps=eps)
+    ty.backward(to_torch(grad_y))
+    np.testing.assert_allclose(
+        np.asarray(ys[0]).reshape(x.shape), ty.detach().numpy().transpose(0, 2, 3, 1), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(grad_x).reshape(x.shape), tx.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5
+    )
+    np.testing.assert_allclose(np.asarray(grad_scale), tw.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad_bias), tb.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+    def plain(a, s, b):
+        mean = jnp.mean(a, axis=0)
+        var = jnp.mean(jnp.square(a - mean), axis=0)
+        return (a - mean) * jax.lax.rsqrt(var + eps) * s + b, mean, var
+
+    cotangents = (
+        jnp.asarray(grad_y.reshape(-1, 8)),
+        jnp.asarray(rng.normal(size=8), jnp.float32),
+        jnp.asarray(rng.normal(size=8), jnp.float32),
+    )
+    expected = jax.vjp(plain, flat, jnp.asarray(weight), jnp.asarray(bias))[1](cotangents)
+    for got, want in zip(backward(cotangents), expected, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
 
 
 def test_frozen_batchnorm_has_no_trainable_parameters_and_ignores_train_mode():
