@@ -101,12 +101,7 @@ def jit_train_step(
         ("label_smoothing", label_smoothing, 0.0 <= label_smoothing < 1.0, "in [0, 1)"),
         ("bin_sigma", bin_sigma, bin_sigma >= 0.0, ">= 0 (0: off)"),
         ("first_token_weight", first_token_weight, first_token_weight >= 0.0, ">= 0 (1: the original)"),
-        (
-            "first_tokens",
-            first_tokens,
-            isinstance(first_tokens, int) and first_tokens >= 1,
-            ">= 1 (an integer)",
-        ),
+        ("first_tokens", first_tokens, first_tokens >= 1, ">= 1"),
     ):
         if not valid:
             raise ValueError(f"config.{key}: got {value!r}, expected a number {expected}")
