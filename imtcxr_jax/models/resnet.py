@@ -144,11 +144,10 @@ class BatchNorm(nnx.Module):
         if train and not self.frozen:
             channels = x.shape[-1]
             y, mean, var = batch_norm_train(x32.reshape(-1, channels), scale, bias, self.eps)
+            mean, var = jax.lax.stop_gradient((mean, var))  # the running averages are not differentiated
             n = y.shape[0]
-            unbiased = jax.lax.stop_gradient(var) * (n / max(n - 1, 1))
-            self.mean[...] = (1 - self.momentum) * self.mean[...] + self.momentum * jax.lax.stop_gradient(
-                mean
-            )
+            unbiased = var * (n / max(n - 1, 1))
+            self.mean[...] = (1 - self.momentum) * self.mean[...] + self.momentum * mean
             self.var[...] = (1 - self.momentum) * self.var[...] + self.momentum * unbiased
             return y.reshape(x.shape).astype(self.dtype)
         y = (x32 - self.mean[...]) * jax.lax.rsqrt(self.var[...] + self.eps)
