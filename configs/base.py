@@ -44,6 +44,7 @@ def base_config(model_size: str = "micro") -> ml_collections.ConfigDict:
     c.dataset.phantom_max_shift = 0.0  # positioning of the phantoms (imtcxr data phantom --max-shift)
     c.dataset.phantom_min_zoom = 1.0  # ... and --min-zoom
     c.dataset.phantom_finding_weights = ""  # "LABEL=W,..." (--finding-weights); "": every finding label
+    c.dataset.phantom_workers = 0  # processes drawing the phantoms (--workers); 0: one per CPU core
 
     # Input pipeline (imtcxr_jax/data/pipeline.py documents every key); batch_size is the global batch.
     c.data = default_config()

@@ -109,13 +109,11 @@ from imtcxr_jax.data.sources import (
     segmentation_examples,
 )
 from imtcxr_jax.tasks import classification, localization, report, segmentation
-from imtcxr_jax.tasks.common import Task, TaskSample
+from imtcxr_jax.tasks.common import TASK_FAMILIES, Task, TaskSample, parse_families
 from imtcxr_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TrainedTokenizer
 
 log = logging.getLogger(__name__)
 
-# The order of the `task` index; the same tuple as imtcxr_jax.train.steps.TASK_FAMILIES.
-TASK_FAMILIES = ("classification", "localization", "segmentation", "report")
 DEFAULT_WEIGHTS = {"classification": 0.15, "localization": 0.20, "segmentation": 0.15, "report": 0.50}
 TOO_LONG_POLICIES = ("skip", "error")
 PRESENCE_QUESTIONS = ("sampled", "all")
@@ -182,12 +180,7 @@ class PipelineConfig:
             raise ValueError(
                 f"data config: presence_questions {self.presence_questions!r} is not one of {PRESENCE_QUESTIONS}"
             )
-        unknown_groups = sorted(set(self.grouped_families) - set(TASK_FAMILIES))
-        if unknown_groups:
-            raise ValueError(
-                f"data config: group_by_record names unknown task families {unknown_groups}; "
-                f"expected a comma-separated subset of {TASK_FAMILIES}"
-            )
+        _ = self.grouped_families  # checks the names
         if self.too_long not in TOO_LONG_POLICIES:
             raise ValueError(f"data config: too_long {self.too_long!r} is not one of {TOO_LONG_POLICIES}")
         if not 0.0 <= self.evidence_fraction <= 1.0:
@@ -216,11 +209,7 @@ class PipelineConfig:
     @property
     def grouped_families(self) -> tuple[str, ...]:
         """The families named in ``group_by_record`` (comma-separated)."""
-        if not isinstance(self.group_by_record, str):
-            raise ValueError(
-                f"data config: group_by_record must be a comma-separated string, got {self.group_by_record!r}"
-            )
-        return tuple(name.strip() for name in self.group_by_record.split(",") if name.strip())
+        return parse_families(self.group_by_record, "data config: group_by_record")
 
     @property
     def jitter(self) -> augment.JitterConfig:
@@ -494,9 +483,27 @@ class TrainDataset:
     report: PipelineReport
     config: PipelineConfig
     per_host_batch: int
+    # (instruction, target) length of each family's batches; one entry "all" when families share batches
+    lengths: dict[str, tuple[int, int]]
 
     def __iter__(self) -> grain.DatasetIterator:
         return iter(self.dataset)
+
+    def batch_shapes(self) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
+        """Per entry of ``lengths``, the (shape, dtype) of each array of this host's batches: every shape the
+        stream will produce, known before the first batch (the loop compiles the train step for them)."""
+        b, side = self.per_host_batch, self.config.image_size
+        int32 = np.dtype(np.int32)
+        return {
+            name: {
+                "src": ((b, source), int32),
+                "images": ((b, side, side, 3), np.dtype(np.float32)),
+                "prev": ((b, target), int32),
+                "target": ((b, target), int32),
+                "task": ((b,), int32),
+            }
+            for name, (source, target) in self.lengths.items()
+        }
 
 
 def supported_examples(refs: Sequence[ExampleRef], records: Sequence[Record]) -> list[ExampleRef]:
@@ -638,7 +645,11 @@ def make_train_dataset(
     if config.num_workers > 0:
         _mark_absl_flags_parsed()
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-    return TrainDataset(stream, pipeline_report, config, per_host_batch)
+    if config.batch_by_family:
+        lengths = {f: (maker.source_lengths[f], maker.target_lengths[f]) for f in maker.source_lengths}
+    else:
+        lengths = {"all": (config.max_src_len, config.max_tgt_len)}
+    return TrainDataset(stream, pipeline_report, config, per_host_batch, lengths)
 
 
 def _mark_absl_flags_parsed() -> None:

@@ -633,7 +633,7 @@ def _top_candidates(scores: jax.Array, n: int) -> tuple[jax.Array, jax.Array, ja
     """
     batch, k, vocab = scores.shape
     if n > vocab:  # fewer columns than candidates (a projection onto a few tokens): one flat top-k
-        best, flat = jax.lax.optimization_barrier(jax.lax.top_k(scores.reshape(batch, k * vocab), n))
+        best, flat = _top_k(scores.reshape(batch, k * vocab), n)
         return best, flat // vocab, flat % vocab
     row_scores, row_tokens = _row_top_k(scores.reshape(batch * k, vocab), n)
     return _best_of_rows(row_scores.reshape(batch, k, n), row_tokens.reshape(batch, k, n), n)

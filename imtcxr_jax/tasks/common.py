@@ -53,6 +53,27 @@ _FAMILY = {
     Task.SEGMENTATION: "segmentation",
 }
 
+# The task families in the order of a batch's `task` index (the input pipeline and the train step).
+TASK_FAMILIES = ("classification", "localization", "segmentation", "report")
+
+
+def check_families(names: Iterable[str], key: str) -> tuple[str, ...]:
+    """``names`` as a tuple; ValueError naming the config ``key`` when one is not a task family."""
+    names = tuple(names)
+    if unknown := sorted(set(names) - set(TASK_FAMILIES)):
+        raise ValueError(
+            f"{key}: unknown task families {unknown}, expected a comma-separated subset of "
+            f"{', '.join(TASK_FAMILIES)}"
+        )
+    return names
+
+
+def parse_families(text: str, key: str) -> tuple[str, ...]:
+    """The task families of a comma-separated config string ("" names none), checked (`check_families`)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{key}: expected a comma-separated string of task families, got {text!r}")
+    return check_families((name.strip() for name in text.split(",") if name.strip()), key)
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskSample:

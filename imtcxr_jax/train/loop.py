@@ -14,7 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shlex
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,13 +33,14 @@ from imtcxr_jax.data.pipeline import build_tokenizer, make_eval_examples, make_t
 from imtcxr_jax.data.sources import Record, load_records
 from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.sharding import make_mesh
+from imtcxr_jax.tasks.common import parse_families
 from imtcxr_jax.text.tokenizer import OfaTokenizer, Tokenizer, load_tokenizer
 from imtcxr_jax.train.checkpoint import Checkpointer
 from imtcxr_jax.train.distributed import any_process, is_primary, primary_first
 from imtcxr_jax.train.experiment import config_to_json
 from imtcxr_jax.train.logging_utils import MetricsWriter, plot_training_curve
 from imtcxr_jax.train.optimizer import make_optimizer
-from imtcxr_jax.train.partition import batch_sharding, init_sharded_state, jit_train_step
+from imtcxr_jax.train.partition import batch_sharding, compile_ahead, init_sharded_state, jit_train_step
 from imtcxr_jax.train.steps import TASK_FAMILIES
 
 log = logging.getLogger(__name__)
@@ -159,8 +164,11 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
         raise ValueError(
             f"config.dataset.source: got {ds.source!r}, expected 'phantom', 'manifest' or 'tfds'"
         )
-    from imtcxr_jax.data.cli import cli_main as data_cli
-
+    if not isinstance(ds.phantom_workers, int) or ds.phantom_workers < 0:
+        raise ValueError(
+            f"config.dataset.phantom_workers: got {ds.phantom_workers!r}, expected a number of processes >= 0 "
+            "(0: one per CPU core)"
+        )
     folders = []
     for split, count, seed in (("train", ds.train_examples, 0), ("eval", ds.eval_examples, EVAL_SEED_OFFSET)):
         folder = workdir / "data" / split
@@ -181,8 +189,12 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
             ]
             if ds.phantom_finding_weights:
                 args += ["--finding-weights", ds.phantom_finding_weights]
-            if data_cli([*args, "--out", str(folder)]) != 0:
-                raise RuntimeError(f"phantom generation into {folder} failed")
+            args += ["--workers", str(ds.phantom_workers or os.cpu_count() or 1), "--out", str(folder)]
+            # In a process of its own: its worker processes are forked, and forking this one, whose JAX
+            # runtime has threads running, could deadlock a child on a lock held by a thread it lacks.
+            command = [sys.executable, "-m", "imtcxr_jax.data.cli", *args]
+            if subprocess.run(command, check=False).returncode != 0:
+                raise RuntimeError(f"phantom generation into {folder} failed: {shlex.join(command)}")
         folders.append(folder)
     return folders[0], folders[1]
 
@@ -301,7 +313,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
         accumulation_steps=config.accumulation_steps, label_smoothing=config.label_smoothing,
         bin_sigma=config.bin_sigma, first_token_weight=config.first_token_weight,
         first_tokens=config.first_tokens,
-        first_token_families=tuple(f.strip() for f in config.first_token_families.split(",") if f.strip()),
+        first_token_families=parse_families(config.first_token_families, "config.first_token_families"),
     )  # fmt: skip
 
     dataset = make_train_dataset(
@@ -309,6 +321,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
         process_index=jax.process_index(), process_count=jax.process_count(),
     )  # fmt: skip
     data_iter = iter(dataset)
+    started = time.perf_counter()
+    compile_ahead(step_fn, state, dataset.batch_shapes(), mesh, jax.process_count())
+    seconds = time.perf_counter() - started
+    log.info("compiled the train step for %d batch shapes in %.0f s", len(dataset.lengths), seconds)
     checkpoints = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
     restored = checkpoints.restore(_abstract(state), data_iter)
     start = 0

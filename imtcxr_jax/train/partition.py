@@ -8,9 +8,13 @@ are split over the data-parallel axes (data x fsdp) along their first dimension.
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -18,7 +22,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.models.imtcxr import IMTCXR
 from imtcxr_jax.sharding import DEFAULT_RULES, create_sharded, plan_shardings
-from imtcxr_jax.train.steps import TASK_FAMILIES, TrainState, create_train_state, train_step
+from imtcxr_jax.tasks.common import check_families
+from imtcxr_jax.train.steps import TrainState, create_train_state, train_step
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -105,11 +110,7 @@ def jit_train_step(
     ):
         if not valid:
             raise ValueError(f"config.{key}: got {value!r}, expected a number {expected}")
-    if unknown := sorted(set(first_token_families) - set(TASK_FAMILIES)):
-        raise ValueError(
-            f"config.first_token_families: unknown {unknown}, expected a comma-separated subset of "
-            f"{', '.join(TASK_FAMILIES)} (empty: all)"
-        )
+    check_families(first_token_families, "config.first_token_families")
     step = functools.partial(
         train_step,
         graphdef=graphdef,
@@ -127,3 +128,31 @@ def jit_train_step(
         out_shardings=(shardings, None),
         donate_argnums=0,
     )
+
+
+def compile_ahead(
+    step_fn: Any,
+    state: TrainState,
+    batch_shapes: Mapping[str, Mapping[str, tuple[tuple[int, ...], np.dtype]]],
+    mesh: Mesh,
+    process_count: int = 1,
+) -> None:
+    """Compile `step_fn` (from `jit_train_step`) for every batch shape of the stream, in parallel threads.
+
+    ``batch_shapes`` holds per-host shapes (`TrainDataset.batch_shapes`); the global batch is
+    ``process_count`` of them. Why: with one family per batch the stream has up to four shapes, and compiling
+    each when its first batch arrives runs the compilations one after another (~30 s each for the main job);
+    part of XLA's compilation is single-threaded, so threads overlap them. ``jax.jit`` keeps the executables:
+    the first step of each shape then finds its executable compiled.
+    """
+    sharding = batch_sharding(mesh)
+
+    def compile_one(shapes: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+        batch = {
+            key: jax.ShapeDtypeStruct((shape[0] * process_count, *shape[1:]), dtype, sharding=sharding)
+            for key, (shape, dtype) in shapes.items()
+        }
+        step_fn.lower(state, batch).compile()
+
+    with ThreadPoolExecutor(max(1, min(len(batch_shapes), os.cpu_count() or 1))) as pool:
+        list(pool.map(compile_one, batch_shapes.values()))

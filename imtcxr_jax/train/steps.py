@@ -8,6 +8,7 @@ The step is a pure function of (state, batch); the loop jits it with explicit sh
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -16,10 +17,9 @@ import optax
 from flax import nnx, struct
 
 from imtcxr_jax.models.imtcxr import PAD_ID
+from imtcxr_jax.tasks.common import TASK_FAMILIES
 from imtcxr_jax.text.coords import NUM_BINS
 from imtcxr_jax.text.tokenizer import EOS_ID
-
-TASK_FAMILIES = ("classification", "localization", "segmentation", "report")
 
 
 def token_losses(
@@ -29,7 +29,7 @@ def token_losses(
     bin_sigma: float = 0.0,
     num_bins: int = NUM_BINS,
 ) -> jax.Array:
-    """Per-token loss (B, T), zero on padding. Log-probabilities in float32.
+    """Per-token loss (B, T) of logits (B, T, V), zero on padding. Computed in float32.
 
     Spec §13: (1 - ε - ε_i)·NLL + ε_i·(-Σ_v log p_v), ε_i = ε/(V-1); plain NLL when ε = 0.
 
@@ -39,21 +39,73 @@ def token_losses(
     few bins off then costs less than one far off, and each bin's (tied) embedding learns from its
     neighbours' targets too, which a small training budget needs: a 1000-way answer per coordinate otherwise
     sees each bin a handful of times. The loss then has a floor (the Gaussian's entropy, ~log(σ·4.13) nats).
+
+    Each token's loss is -Σ_v q_v log p_v for a target distribution q of mass 1 (one-hot or Gaussian,
+    mixed with ε_i everywhere), so its gradient is p - q. The backward pass computes exactly that in one
+    pass over the logits (`_token_losses_backward`); autodiff of the log-softmax took three times as long
+    on a CPU, most of it writing the gradient in the transposed layout of the next matrix product.
     """
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return _token_losses(logits.astype(jnp.float32), targets, label_smoothing, bin_sigma, num_bins)
+
+
+def _token_losses_parts(logits, targets, label_smoothing, bin_sigma, num_bins):
+    """(losses (B, T), log-sum-exp (B, T), the bin Gaussians' normalisers (B, T) or None)."""
+    vocab = logits.shape[-1]
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    log_sum_exp = (peak + jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1, keepdims=True)))[..., 0]
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # Σ_v q_v z_v, one-hot q
+    normaliser = None
     if bin_sigma > 0.0:
-        first_bin = logits.shape[-1] - num_bins
+        first_bin = vocab - num_bins
         k = targets - first_bin  # (B, T): the bin index, negative for text tokens
-        distance = jnp.arange(num_bins, dtype=jnp.float32) - jnp.maximum(k, 0)[..., None].astype(jnp.float32)
-        weights = jax.nn.softmax(-0.5 * jnp.square(distance / bin_sigma), axis=-1)  # (B, T, num_bins)
-        soft_nll = -jnp.sum(weights * log_probs[..., first_bin:], axis=-1)
-        nll = jnp.where(k >= 0, soft_nll, nll)
+        gaussian = _bin_gaussian(jnp.arange(num_bins), jnp.maximum(k, 0)[..., None], bin_sigma)
+        normaliser = jnp.sum(gaussian, axis=-1)
+        soft_logit = jnp.sum(gaussian * logits[..., first_bin:], axis=-1) / normaliser
+        target_logit = jnp.where(k >= 0, soft_logit, target_logit)
+    nll = log_sum_exp - target_logit
     if label_smoothing > 0.0:
-        eps_i = label_smoothing / (logits.shape[-1] - 1)
-        smooth = -jnp.sum(log_probs, axis=-1)
+        eps_i = label_smoothing / (vocab - 1)
+        smooth = vocab * log_sum_exp - jnp.sum(logits, axis=-1)  # -Σ_v log p_v
         nll = (1.0 - label_smoothing - eps_i) * nll + eps_i * smooth
-    return jnp.where(targets != PAD_ID, nll, 0.0)
+    return jnp.where(targets != PAD_ID, nll, 0.0), log_sum_exp, normaliser
+
+
+def _bin_gaussian(bins: jax.Array, centre: jax.Array, sigma: float) -> jax.Array:
+    """The unnormalised weights exp(-(j - k)² / 2σ²) of bins j around centre k (broadcast)."""
+    return jnp.exp(-0.5 * jnp.square((bins - centre).astype(jnp.float32) / sigma))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _token_losses(logits, targets, label_smoothing, bin_sigma, num_bins):
+    return _token_losses_parts(logits, targets, label_smoothing, bin_sigma, num_bins)[0]
+
+
+def _token_losses_forward(logits, targets, label_smoothing, bin_sigma, num_bins):
+    losses, log_sum_exp, normaliser = _token_losses_parts(
+        logits, targets, label_smoothing, bin_sigma, num_bins
+    )
+    return losses, (logits, targets, log_sum_exp, normaliser)
+
+
+def _token_losses_backward(label_smoothing, bin_sigma, num_bins, residuals, cotangent):
+    """d loss / d logits = cotangent · (softmax(logits) - q), zero on padding; q as in the forward pass."""
+    logits, targets, log_sum_exp, normaliser = residuals
+    vocab = logits.shape[-1]
+    column = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    q = (column == targets[..., None]).astype(jnp.float32)
+    if bin_sigma > 0.0:
+        first_bin = vocab - num_bins
+        k = (targets - first_bin)[..., None]
+        gaussian = _bin_gaussian(column - first_bin, k, bin_sigma) / normaliser[..., None]
+        q = jnp.where(k >= 0, jnp.where(column >= first_bin, gaussian, 0.0), q)
+    if label_smoothing > 0.0:
+        eps_i = label_smoothing / (vocab - 1)
+        q = (1.0 - label_smoothing - eps_i) * q + eps_i
+    cotangent = jnp.where(targets != PAD_ID, cotangent, 0.0)[..., None]
+    return cotangent * (jnp.exp(logits - log_sum_exp[..., None]) - q), None
+
+
+_token_losses.defvjp(_token_losses_forward, _token_losses_backward)
 
 
 def answer_weights(

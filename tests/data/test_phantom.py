@@ -384,6 +384,17 @@ def test_cli_writes_images_and_manifest(tmp_path, capsys):
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 1
 
 
+def test_cli_worker_processes_write_the_same_dataset(tmp_path):
+    """Worker processes (what `imtcxr train` uses) give the single process's files, in seed order."""
+    args = ["phantom", "--n", "5", "--seed", "7", "--size", "64", "--max-shift", "0.05"]
+    assert cli.cli_main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert cli.cli_main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = ((tmp_path / d / "manifest.jsonl").read_text() for d in ("one", "two"))
+    assert one == two
+    for image in (json.loads(line)["image"] for line in one.splitlines()):
+        assert (tmp_path / "one" / image).read_bytes() == (tmp_path / "two" / image).read_bytes()
+
+
 def test_cli_contact_sheet(tmp_path):
     path = tmp_path / "sheet.png"
     assert (

@@ -87,14 +87,16 @@ def _parse(family_task: Task, text: str, size: float):
 def test_batches_have_static_shapes_and_the_framing_of_spec_9_3(data):
     train = _dataset(data)
     assert train.per_host_batch == 8
+    shapes = {
+        "src": ((8, 64), np.int32),
+        "images": ((8, SIZE, SIZE, 3), np.float32),
+        "prev": ((8, 128), np.int32),
+        "target": ((8, 128), np.int32),
+        "task": ((8,), np.int32),
+    }
+    assert train.batch_shapes() == {"all": shapes}  # announced before the first batch
     for batch in _take(iter(train), 20):
-        assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-            "src": ((8, 64), np.int32),
-            "images": ((8, SIZE, SIZE, 3), np.float32),
-            "prev": ((8, 128), np.int32),
-            "target": ((8, 128), np.int32),
-            "task": ((8,), np.int32),
-        }
+        assert {k: (v.shape, v.dtype) for k, v in batch.items()} == shapes
         assert batch["images"].min() >= -1 and batch["images"].max() <= 1
         for src, prev, target in zip(batch["src"], batch["prev"], batch["target"], strict=True):
             n = int((src != PAD_ID).sum())
@@ -261,12 +263,6 @@ def test_presence_questions_all_asks_every_label_of_every_record(data):
     assert every - sampled == len(records) * len(vocabulary) - asked > 0
 
 
-def test_task_families_match_the_train_step():
-    from imtcxr_jax.train.steps import TASK_FAMILIES
-
-    assert pipeline.TASK_FAMILIES == TASK_FAMILIES
-
-
 def test_eval_examples_are_deterministic_and_unaugmented(data):
     records, folder, tokenizer = data
     evaluation = pipeline.make_eval_examples(records, folder, tokenizer, CONFIG)
@@ -345,7 +341,10 @@ def test_batch_by_family_pads_each_family_to_its_own_length(data):
         assert batch["src"].shape[1] == min(-(-source // 8) * 8, CONFIG["max_src_len"])
         assert np.all((batch["src"] == EOS_ID).sum(axis=1) == 1)
         seen[width] = seen.get(width, 0) + 1
+        # Each family's shapes were announced before the first batch (the train step is compiled for them).
+        assert {k: (v.shape, v.dtype) for k, v in batch.items()} == by_family.batch_shapes()[family]
     assert len(seen) >= 3  # the short families really are shorter than the reports
+    assert sorted(by_family.batch_shapes()) == sorted(pipeline.TASK_FAMILIES)
     assert min(seen) < max(seen) <= CONFIG["max_tgt_len"]
 
 
@@ -391,5 +390,5 @@ def test_group_by_record_puts_one_images_questions_in_one_batch_and_resumes(data
     assert len(starts) >= 2
     assert order[starts[0] : starts[0] + 3] == ["left lung", "right lung", "heart"]
     _assert_resumes(data, config)
-    with pytest.raises(ValueError, match=r"group_by_record names unknown task families \['segmentaton'\]"):
+    with pytest.raises(ValueError, match=r"group_by_record: unknown task families \['segmentaton'\]"):
         pipeline.PipelineConfig(group_by_record="segmentaton")

@@ -1,5 +1,7 @@
 """The train step: loss against a brute-force reference, sharded steps equal to one device, loss scaling."""
 
+import functools
+import logging
 from pathlib import Path
 
 import jax
@@ -12,8 +14,14 @@ from imtcxr_jax.models.config import ModelConfig, get_model_config
 from imtcxr_jax.sharding import make_mesh
 from imtcxr_jax.train.experiment import load_config
 from imtcxr_jax.train.optimizer import make_optimizer
-from imtcxr_jax.train.partition import abstract_sharded_state, init_sharded_state, jit_train_step
-from imtcxr_jax.train.steps import LossScale, answer_weights, token_losses
+from imtcxr_jax.train.partition import (
+    abstract_sharded_state,
+    batch_sharding,
+    compile_ahead,
+    init_sharded_state,
+    jit_train_step,
+)
+from imtcxr_jax.train.steps import LossScale, answer_weights, token_losses, train_step
 
 OPTIMIZER = ml_collections.ConfigDict(
     dict(
@@ -84,6 +92,44 @@ def test_bin_smoothed_losses_match_a_brute_force_reference():
     np.testing.assert_allclose(narrow, token_losses(jnp.asarray(logits), jnp.asarray(targets)), rtol=1e-6)
 
 
+def test_token_loss_gradients_match_torch_autograd():
+    """The hand-written backward of `token_losses` against torch autograd of the loss written out: log-softmax,
+    one-hot or bin-Gaussian targets, label smoothing, padding, weighted per token."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    vocab, num_bins = 40, 25
+    first_bin = vocab - num_bins
+    logits = (3 * rng.standard_normal((3, 5, vocab))).astype(np.float32)
+    targets = rng.integers(4, vocab, (3, 5))
+    targets[0, :3] = [first_bin, first_bin + 12, vocab - 1]  # bins at both edges and in the middle
+    targets[2, 3:] = 1  # padding
+    weights = rng.random((3, 5)).astype(np.float32)
+    for eps, sigma in ((0.0, 0.0), (0.1, 0.0), (0.0, 3.0), (0.1, 3.0)):
+
+        def loss(z, eps=eps, sigma=sigma):
+            return jnp.sum(token_losses(z, jnp.asarray(targets), eps, sigma, num_bins) * weights)
+
+        ours = np.asarray(jax.grad(loss)(jnp.asarray(logits)))
+
+        z = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+        log_probs = torch.log_softmax(z, dim=-1)
+        q = torch.nn.functional.one_hot(torch.tensor(targets), vocab).double()
+        if sigma:
+            for b, t in zip(*np.nonzero(targets >= first_bin), strict=True):
+                k = targets[b, t] - first_bin
+                gaussian = torch.exp(-((torch.arange(num_bins) - k) ** 2) / (2 * sigma**2)).double()
+                q[b, t] = torch.cat([torch.zeros(first_bin, dtype=torch.float64), gaussian / gaussian.sum()])
+        eps_i = eps / (vocab - 1)
+        nll = -(q * log_probs).sum(-1)
+        per_token = (1 - eps - eps_i) * nll + eps_i * -log_probs.sum(-1)
+        per_token = torch.where(torch.tensor(targets) != 1, per_token, 0.0)
+        (per_token * torch.tensor(weights, dtype=torch.float64)).sum().backward()
+        np.testing.assert_allclose(
+            ours, z.grad.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"eps {eps} sigma {sigma}"
+        )
+        assert np.all(ours[2, 3:] == 0)  # padding gets no gradient
+
+
 def test_first_token_weight_gives_the_weighted_token_mean():
     targets = jnp.asarray([[5, 6, 2, 1], [7, 2, 1, 1], [1, 1, 1, 1]])
     np.testing.assert_array_equal(answer_weights(targets, 4.0), [[4, 1, 1, 0], [4, 1, 0, 0], [0, 0, 0, 0]])
@@ -98,32 +144,32 @@ def test_first_token_weight_gives_the_weighted_token_mean():
     )
     # One step's loss at first-token weights 1, 3 and 5 from the same state and batch: the per-token losses l
     # are the same, so with S = sum(l), F = sum(l at position 0), N tokens and B targets, the loss at weight w
-    # is (S + (w - 1) F) / (N + (w - 1) B): the first two losses fix S and F and predict the third.
+    # is (S + (w - 1) F) / (N + (w - 1) B): the first two losses fix S and F and predict the third. The weight
+    # is traced here (the loop bakes it in), so that one compilation serves every weight.
     cfg = get_model_config("micro")
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     tx = make_optimizer(OPTIMIZER)
+    graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
+    step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, optimizer=tx, first_token_families=("segmentation",))
+    )
     batch = make_batch(seed=3)
+    segmentation = dict(batch, task=np.full_like(batch["task"], 2))  # the family the weight is for
     losses = {}
     for weight in (1.0, 3.0, 5.0):
-        graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
-        step = jit_train_step(graphdef, tx, shardings, mesh, first_token_weight=weight)
-        losses[weight] = float(step(state, batch)[1]["loss"])
+        losses[weight] = float(step(state, segmentation, first_token_weight=jnp.float32(weight))[1]["loss"])
     tokens, targets_count = float(np.sum(batch["target"] != 1)), float(np.sum(batch["target"][:, 0] != 1))
     total = losses[1.0] * tokens
     first = (losses[3.0] * (tokens + 2 * targets_count) - total) / 2
     assert losses[5.0] == pytest.approx((total + 4 * first) / (tokens + 4 * targets_count), rel=1e-5)
     assert abs(losses[5.0] - losses[1.0]) > 1e-3  # the weight really changed the loss
+    # Another family's answers: the weight changes nothing.
+    report = dict(batch, task=np.full_like(batch["task"], 3))
+    loss = float(step(state, report, first_token_weight=jnp.float32(5.0))[1]["loss"])
+    assert loss == pytest.approx(losses[1.0], rel=1e-6)
     with pytest.raises(ValueError, match=r"config.first_token_weight: got -1.0, expected a number >= 0"):
         jit_train_step(graphdef, tx, shardings, mesh, first_token_weight=-1.0)
-    # Restricted to task families: a family the batch asks nothing of changes nothing, all four are the default.
-    batch = dict(batch, task=np.full_like(batch["task"], 2))  # every example a segmentation question
-    for families, expected in ((("report",), losses[1.0]), (("segmentation", "report"), losses[5.0])):
-        graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
-        step = jit_train_step(
-            graphdef, tx, shardings, mesh, first_token_weight=5.0, first_token_families=families
-        )
-        assert float(step(state, batch)[1]["loss"]) == pytest.approx(expected, rel=1e-6), families
-    with pytest.raises(ValueError, match=r"config.first_token_families: unknown \['reports'\]"):
+    with pytest.raises(ValueError, match=r"config.first_token_families: unknown task families \['reports'\]"):
         jit_train_step(graphdef, tx, shardings, mesh, first_token_families=("reports",))
     with pytest.raises(ValueError, match=r"config.first_tokens: got 0, expected a number >= 1"):
         jit_train_step(graphdef, tx, shardings, mesh, first_tokens=0)
@@ -157,6 +203,44 @@ def test_sharded_steps_equal_one_device():
             assert float(np.abs(np.asarray(ours) - expected).max()) <= 1e-5 * scale, shape
         kernel = state.params["encoder"]["layers"][0]["ffn"]["fc1"]["kernel"][...]
         assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_compile_ahead_leaves_no_compilation_for_the_steps(caplog):
+    """`compile_ahead` with per-host shapes of two hosts: the steps on global batches (as the loop builds them)
+    of both shapes then run without compiling. A step built like `jit_train_step` (state and batch shardings,
+    donated state) around a cheap body: compiling the real step twice would cost a minute here."""
+    mesh = make_mesh((8, 1, 1), jax.devices())
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = jax.device_put({"w": jnp.ones((4, 4))}, replicated)
+
+    def body(state, batch):
+        return {"w": state["w"] + batch["src"].sum()}, {"loss": batch["images"].mean()}
+
+    step = jax.jit(
+        body,
+        in_shardings=({"w": replicated}, batch_sharding(mesh)),
+        out_shardings=({"w": replicated}, None),
+        donate_argnums=0,
+    )
+    per_host = [
+        make_batch(batch=4, seed=0),
+        {**make_batch(batch=4, seed=1), "src": np.ones((4, 3), np.int32)},
+    ]
+    shapes = {f"shape {i}": {k: (v.shape, v.dtype) for k, v in b.items()} for i, b in enumerate(per_host)}
+    caplog.set_level(logging.DEBUG, logger="jax._src.dispatch")
+    compile_ahead(step, state, shapes, mesh, process_count=2)
+
+    def compilations() -> int:
+        found = [r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
+        caplog.clear()
+        return len(found)
+
+    assert compilations() == 2  # the log line this test watches for is there when compilation happens
+    for local in per_host:  # the two hosts' halves of a global batch of 8
+        batch = {k: jax.device_put(np.concatenate([v, v]), batch_sharding(mesh)) for k, v in local.items()}
+        state, metrics = step(state, batch)
+        assert np.isfinite(float(metrics["loss"]))
+    assert compilations() == 0
 
 
 def test_gradient_accumulation_equals_the_full_batch():
