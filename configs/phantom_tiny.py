@@ -29,9 +29,8 @@ def get_config():
     # The three findings the main job is judged on, plus nodules (small boxes), so that a 15-minute CPU run
     # sees each of them often enough; `imtcxr data phantom` draws all nine by default.
     c.dataset.phantom_finding_weights = "cardiomegaly=1,pleural effusion=1,pneumothorax=1,nodule=0.5"
-    # 96 px: 6 x 6 image tokens. The ResNet and encoder dominate a step on a CPU; 96 instead of 128 px made
-    # the step ~27% faster (BENCHMARKS.md) and still resolves lungs, heart and the findings' boxes.
-    c.data.image_size = 96
+    # 96 px made the step ~27% faster but drew the left lung barely better than the mean polygon (README).
+    c.data.image_size = 128
     c.data.max_src_len = 48
     c.data.max_tgt_len = 128
     c.data.batch_size = 32

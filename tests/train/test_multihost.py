@@ -120,8 +120,14 @@ def _run(command: list[str], env: dict[str, str], log: Path, timeout: float = 60
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
+    # One compilation cache for every run: the restarted leg reads the programs the first leg compiled.
+    cache = dict(
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the launcher sets 4 devices a process
-    env.update(NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=str(tmp_path / "logs"))
+    env.update(NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=str(tmp_path / "logs"), **cache)
 
     # Two processes, in two legs: steps 1-2 (checkpoint at 2), then a restart that every process restores
     # (its own data-iterator state included) and that runs steps 3-4. Phantoms and the tokenizer are made
@@ -140,7 +146,7 @@ def test_two_processes_train_like_one(tmp_path):
     single = tmp_path / "one_process"
     single.mkdir()
     shutil.copy(multi / "tokenizer.json", single / "tokenizer.json")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", **cache)
     command = [
         sys.executable, "-m", "imtcxr_jax.cli", "train", *COMMON, "--workdir", str(single),
         "--config.total_steps=4", "--config.dataset.source=manifest",
