@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -385,10 +387,21 @@ def test_cli_writes_images_and_manifest(tmp_path, capsys):
 
 
 def test_cli_worker_processes_write_the_same_dataset(tmp_path):
-    """Worker processes (what `imtcxr train` uses) give the single process's files, in seed order."""
+    """Worker processes give the single process's files, in seed order. The pooled run is a process of its own,
+    as `imtcxr train` starts it: its workers are forked, and this test process has JAX's threads running."""
     args = ["phantom", "--n", "5", "--seed", "7", "--size", "64", "--max-shift", "0.05"]
     assert cli.cli_main([*args, "--out", str(tmp_path / "one")]) == 0
-    assert cli.cli_main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    pooled = [
+        sys.executable,
+        "-m",
+        "imtcxr_jax.data.cli",
+        *args,
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path / "two"),
+    ]
+    assert subprocess.run(pooled, cwd=Path(__file__).parents[2], check=False).returncode == 0
     one, two = ((tmp_path / d / "manifest.jsonl").read_text() for d in ("one", "two"))
     assert one == two
     for image in (json.loads(line)["image"] for line in one.splitlines()):
