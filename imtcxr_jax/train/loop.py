@@ -33,7 +33,7 @@ from imtcxr_jax.data.pipeline import build_tokenizer, make_eval_examples, make_t
 from imtcxr_jax.data.sources import Record, load_records
 from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.sharding import make_mesh
-from imtcxr_jax.tasks.common import parse_families
+from imtcxr_jax.tasks.common import TASK_FAMILIES, parse_families
 from imtcxr_jax.text.tokenizer import OfaTokenizer, Tokenizer, load_tokenizer
 from imtcxr_jax.train.checkpoint import Checkpointer
 from imtcxr_jax.train.distributed import any_process, is_primary, primary_first
@@ -41,7 +41,6 @@ from imtcxr_jax.train.experiment import config_to_json
 from imtcxr_jax.train.logging_utils import MetricsWriter, plot_training_curve
 from imtcxr_jax.train.optimizer import make_optimizer
 from imtcxr_jax.train.partition import batch_sharding, compile_ahead, init_sharded_state, jit_train_step
-from imtcxr_jax.train.steps import TASK_FAMILIES
 
 log = logging.getLogger(__name__)
 logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes at INFO
@@ -321,10 +320,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
         process_index=jax.process_index(), process_count=jax.process_count(),
     )  # fmt: skip
     data_iter = iter(dataset)
-    started = time.perf_counter()
-    compile_ahead(step_fn, state, dataset.batch_shapes(), mesh, jax.process_count())
-    seconds = time.perf_counter() - started
-    log.info("compiled the train step for %d batch shapes in %.0f s", len(dataset.lengths), seconds)
     checkpoints = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
     restored = checkpoints.restore(_abstract(state), data_iter)
     start = 0
@@ -337,6 +332,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
         params, model_state = load_into_train_state(config.init_from, cfg, state.params, state.model_state)
         state = state.replace(params=params, model_state=model_state)
         log.info("initialised the model from %s", config.init_from)
+
+    if start < config.total_steps:  # a finished run started again has nothing to compile
+        started = time.perf_counter()
+        compile_ahead(step_fn, state, dataset.batch_shapes(), mesh, jax.process_count())
+        seconds = time.perf_counter() - started
+        log.info("compiled the train step for %d batch shapes in %.0f s", len(dataset.lengths), seconds)
 
     eval_set = None
     if evaluate_fn is not None and config.eval_every > 0:

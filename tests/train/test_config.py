@@ -35,3 +35,13 @@ def test_overrides_are_typed_and_reach_nested_keys():
 def test_a_bad_override_names_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         apply_overrides(config(), [override])
+
+
+def test_a_negative_phantom_worker_count_is_named_before_any_phantom_is_drawn(tmp_path):
+    from imtcxr_jax.train.loop import prepare_data
+
+    with pytest.raises(
+        ValueError, match=r"config.dataset.phantom_workers: got -1, expected a number of processes"
+    ):
+        prepare_data(apply_overrides(config(), ["--config.dataset.phantom_workers=-1"]), tmp_path)
+    assert not (tmp_path / "data").exists()
