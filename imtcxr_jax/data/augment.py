@@ -275,23 +275,35 @@ def _render(
     pixels: NDArray[np.uint8], transform: CanvasTransform, jitter: Jitter | None, pad_value: int
 ) -> NDArray[np.uint8]:
     """`render_canvas` on (H, W) or (H, W, 3) pixels, keeping the channel layout."""
+    return _compose(_fit_content(pixels, transform), transform, jitter, pad_value)
+
+
+def _fit_content(pixels: NDArray[np.uint8], transform: CanvasTransform) -> NDArray[np.uint8]:
+    """The image resized to ``transform.content_size`` (bicubic, antialiased), before padding and jitter."""
     height, width = pixels.shape[:2]
     if (width, height) != transform.source_size:
         raise ValueError(
             f"image is {width}x{height} pixels but the transform was made for "
             f"{transform.source_size[0]}x{transform.source_size[1]}"
         )
+    content = Image.fromarray(pixels)
+    if content.size != transform.content_size:
+        content = content.resize(transform.content_size, Image.Resampling.BICUBIC)
+    return np.asarray(content, dtype=np.uint8)
+
+
+def _compose(
+    content_pixels: NDArray[np.uint8], transform: CanvasTransform, jitter: Jitter | None, pad_value: int
+) -> NDArray[np.uint8]:
+    """Resized content -> the canvas: photometric jitter on the content, padding, then the affine jitter."""
     if not 0 <= pad_value <= 255:
         raise ValueError(f"pad_value must be a grey level in [0, 255], got {pad_value!r}")
-    content_size = transform.content_size
-    content = Image.fromarray(pixels)
-    if content.size != content_size:
-        content = content.resize(content_size, Image.Resampling.BICUBIC)
     if jitter is not None and (jitter.brightness != 1.0 or jitter.contrast != 1.0):
-        content = Image.fromarray(_photometric(np.asarray(content), jitter.brightness, jitter.contrast))
+        content_pixels = _photometric(content_pixels, jitter.brightness, jitter.contrast)
+    content = Image.fromarray(content_pixels)
     size = transform.canvas_size
     fill = pad_value if content.mode == "L" else (pad_value,) * 3
-    if content_size == (size, size):
+    if transform.content_size == (size, size):
         canvas = content
     else:
         canvas = Image.new(content.mode, (size, size), fill)
@@ -319,6 +331,26 @@ def _photometric(pixels: NDArray[np.uint8], brightness: float, contrast: float) 
     return table[pixels]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class FittedImage:
+    """An image resized for its canvas: the part of `prepare_image` that no jitter changes, so a training
+    pipeline can keep it (decoding and resizing cost more than the jitter) and draw a new jitter each time."""
+
+    content: NDArray[np.uint8]  # (rh, rw) grey or (rh, rw, 3) RGB: the resized image, before padding
+    transform: CanvasTransform  # the fit alone (no jitter)
+
+    @property
+    def nbytes(self) -> int:
+        return self.content.nbytes
+
+
+def fit_image(image: np.ndarray, size: int, *, mode: str = "letterbox") -> FittedImage:
+    """uint8 pixels (H, W), (H, W, 1|3|4) -> the `FittedImage` of a ``size x size`` canvas."""
+    pixels = _grey_or_rgb(image)
+    transform = fit_transform(pixels.shape[1], pixels.shape[0], size, mode)
+    return FittedImage(_fit_content(pixels, transform), transform)
+
+
 def prepare_image(
     image: np.ndarray,
     size: int,
@@ -334,14 +366,25 @@ def prepare_image(
     generator per element) and applied to the image; the returned transform includes it, so boxes and
     polygons mapped with it stay aligned with the pixels. Otherwise the image is only resized.
     """
-    pixels = _grey_or_rgb(image)
-    transform = fit_transform(pixels.shape[1], pixels.shape[0], size, mode)
+    return prepare_fitted(fit_image(image, size, mode=mode), rng=rng, jitter=jitter, pad_value=pad_value)
+
+
+def prepare_fitted(
+    fitted: FittedImage,
+    *,
+    rng: np.random.Generator | None = None,
+    jitter: JitterConfig | None = None,
+    pad_value: int = 0,
+) -> tuple[NDArray[np.float32], CanvasTransform]:
+    """`prepare_image` from an image already fitted (`fit_image`): the same arrays and transform."""
+    transform = fitted.transform
+    size = transform.canvas_size
     drawn = None
     if rng is not None and jitter is not None:
         drawn = sample_jitter(rng, jitter, size)
         if not drawn.is_geometric_identity:
             transform = transform.with_jitter(drawn.matrix(size))
-    canvas = normalize_pixels(_render(pixels, transform, drawn, pad_value))
+    canvas = normalize_pixels(_compose(fitted.content, transform, drawn, pad_value))
     if canvas.ndim == 2:
         canvas = np.repeat(canvas[..., None], 3, axis=-1)
     return canvas, transform

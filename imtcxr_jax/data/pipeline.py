@@ -76,6 +76,9 @@ too_long                      "skip"            "skip" (count, log, leave out) o
 num_workers                   0                 0: threads only; > 0: grain worker processes (mp_prefetch)
 num_threads                   4                 grain reader threads
 prefetch_batches              8                 batches buffered ahead by the reader threads
+image_cache_mb                0                 keep up to this many MB of images read and resized (per
+                                                process), so that later epochs only draw the jitter: the same
+                                                arrays, without the file read, decode and resize
 ============================  ================  =================================================================
 """
 
@@ -87,6 +90,7 @@ import functools
 import logging
 import math
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,6 +155,7 @@ class PipelineConfig:
     num_workers: int = 0
     num_threads: int = 4
     prefetch_batches: int = 8
+    image_cache_mb: int = 0
 
     def __post_init__(self) -> None:
         minimum = {
@@ -160,7 +165,7 @@ class PipelineConfig:
             "batch_size": 1,
             "prefetch_batches": 1,
         }
-        minimum |= {"num_workers": 0, "num_threads": 0, "pad_value": 0}
+        minimum |= {"num_workers": 0, "num_threads": 0, "pad_value": 0, "image_cache_mb": 0}
         for name, lowest in minimum.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
@@ -354,6 +359,23 @@ class ExampleMaker:
         # max_tgt_len.
         self.source_lengths: dict[str, int] = {}
         self.target_lengths: dict[str, int] = {}
+        self._init_cache()
+
+    def _init_cache(self) -> None:
+        # Images read and resized, by record index, up to config.image_cache_mb (per process: each grain
+        # worker process fills its own). A cached image gives exactly the arrays a fresh read would.
+        self._fitted: dict[int, augment.FittedImage] = {}
+        self._cached_bytes = 0
+        self._cache_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # grain worker processes start with an empty cache (no lock)
+        return {
+            k: v for k, v in self.__dict__.items() if k not in ("_fitted", "_cached_bytes", "_cache_lock")
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_cache()
 
     def fit(self, ref: ExampleRef) -> augment.CanvasTransform:
         """The resize of ``ref``'s image (no jitter, no file read)."""
@@ -369,8 +391,11 @@ class ExampleMaker:
         src, target = token_ids(self.tokenizer, text)
         return len(src), len(target) + 1
 
-    def sample(self, ref: ExampleRef, rng: np.random.Generator | None = None) -> Sample:
-        """Read and (with ``rng`` and augmentation on) jitter the image, then build text and arrays."""
+    def fitted_image(self, ref: ExampleRef) -> augment.FittedImage:
+        """``ref``'s image read and resized for the canvas, from the in-memory cache when it is there."""
+        fitted = self._fitted.get(ref.record)
+        if fitted is not None:
+            return fitted
         record = self.records[ref.record]
         opened = hasattr(self.image_dir, "open_image")
         path = record.image if opened else self.image_dir / record.image
@@ -378,11 +403,20 @@ class ExampleMaker:
             pixels = load_image(self.image_dir.open_image(path) if opened else path)
         except OSError as error:
             raise OSError(f"{record.where}: cannot read image {path} ({error})") from error
+        fitted = augment.fit_image(pixels, self.config.image_size, mode=self.config.resize_mode)
+        fitted.content.setflags(write=False)  # shared by every later example of this record
+        with self._cache_lock:
+            if self._cached_bytes + fitted.nbytes <= self.config.image_cache_mb * 2**20:
+                self._fitted[ref.record] = fitted
+                self._cached_bytes += fitted.nbytes
+        return fitted
+
+    def sample(self, ref: ExampleRef, rng: np.random.Generator | None = None) -> Sample:
+        """Read and (with ``rng`` and augmentation on) jitter the image, then build text and arrays."""
+        record = self.records[ref.record]
         config = self.config
-        images, transform = augment.prepare_image(
-            pixels,
-            config.image_size,
-            mode=config.resize_mode,
+        images, transform = augment.prepare_fitted(
+            self.fitted_image(ref),
             rng=rng if self.augment_images else None,
             jitter=config.jitter if self.augment_images else None,
             pad_value=config.pad_value,

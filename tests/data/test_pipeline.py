@@ -323,6 +323,36 @@ def test_worker_processes_give_the_same_batches_and_resume(data):
         resumed.close()
 
 
+def test_the_image_cache_gives_the_same_batches_and_keeps_to_its_budget(data):
+    """32 phantoms of 64 px, several epochs: with the cache every batch equals a fresh read's, images are read
+    once each, and a budget of one image's bytes keeps one image."""
+    uncached = _take(iter(_dataset(data)), 12)
+    train = _dataset(data, {"image_cache_mb": 8})
+    _assert_same_batches(_take(iter(train), 12), uncached)
+    records, folder, tokenizer = data
+    maker = pipeline.ExampleMaker(records, folder, tokenizer, pipeline.PipelineConfig(**CONFIG, image_cache_mb=8),
+                                  augment_images=True)  # fmt: skip
+    ref = next(r for r in sources.enumerate_examples(records, "segmentation") if r.record == 3)
+    first = maker.fitted_image(ref)
+    assert maker.fitted_image(ref) is first and not first.content.flags.writeable
+    assert maker._cached_bytes == first.nbytes
+    rng = np.random.default_rng(1)
+    fresh, _ = pipeline.augment.prepare_image(
+        pipeline.load_image(folder / records[3].image),
+        SIZE,
+        rng=np.random.default_rng(1),
+        jitter=maker.config.jitter,
+    )
+    np.testing.assert_array_equal(maker.sample(ref, rng).arrays["images"], fresh)
+    # A budget below one image: nothing is kept, every call reads the file again.
+    small = pipeline.ExampleMaker(
+        records, folder, tokenizer, pipeline.PipelineConfig(**CONFIG), augment_images=True
+    )
+    assert small.fitted_image(ref) is not small.fitted_image(ref) and small._cached_bytes == 0
+    with pytest.raises(ValueError, match=r"image_cache_mb must be an integer >= 0, got -1"):
+        pipeline.PipelineConfig(image_cache_mb=-1)
+
+
 def test_batch_by_family_pads_each_family_to_its_own_length(data):
     by_family = _dataset(data, {"batch_by_family": True})
     lengths = by_family.report.longest_target
