@@ -159,6 +159,7 @@ def _resnet(args: argparse.Namespace) -> dict[str, Any]:
     from imtcxr_jax.convert.resnet_torch import load_torchvision_resnet, read_resnet_state_dict
     from imtcxr_jax.models.config import get_model_config
     from imtcxr_jax.models.imtcxr import create_model
+    from imtcxr_jax.models.layers import Keys
     from imtcxr_jax.models.resnet import ResNetTrunk
     from imtcxr_jax.text.tokenizer import OfaTokenizer, load_tokenizer
 
@@ -181,7 +182,7 @@ def _resnet(args: argparse.Namespace) -> dict[str, Any]:
         if tokenizer is not None:
             cfg = cfg.replace(vocab_size=tokenizer.vocab_size)
         # The trunk first (a file of the wrong depth fails before the whole model is initialised).
-        graphdef, zeros = nnx.split(nnx.eval_shape(lambda: ResNetTrunk(cfg, rngs=nnx.Rngs(0))))
+        graphdef, zeros = nnx.split(nnx.eval_shape(lambda: ResNetTrunk(cfg, rngs=Keys(params=0))))
         trunk = nnx.merge(graphdef, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), zeros))
         report = load_torchvision_resnet(trunk, state, source=str(args.weights))
         model, model_size = create_model(cfg, seed=args.seed), args.model_size

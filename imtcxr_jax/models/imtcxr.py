@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx, struct
 
 from imtcxr_jax.models.config import ModelConfig
-from imtcxr_jax.models.layers import Dense, Embedding, LayerNorm, dropout, make_param, normal_init
+from imtcxr_jax.models.layers import Dense, Embedding, Keys, LayerNorm, dropout, make_param, normal_init
 from imtcxr_jax.models.resnet import ResNetTrunk
 from imtcxr_jax.models.transformer import (
     DecoderLayer,
@@ -505,12 +505,12 @@ class IMTCXR(nnx.Module):
 
 def create_model(cfg: ModelConfig, seed: int = 0) -> IMTCXR:
     """A randomly initialised model (N(0, 0.02) weights, as the original's BERT-style init)."""
-    return IMTCXR(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    return IMTCXR(cfg, rngs=Keys(params=seed))
 
 
 def abstract_model(cfg: ModelConfig) -> IMTCXR:
     """The model with ShapeDtypeStructs instead of arrays: shapes and logical axes, nothing allocated."""
-    return nnx.eval_shape(lambda: IMTCXR(cfg, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: IMTCXR(cfg, rngs=Keys(params=0)))
 
 
 def count_parameters(model: IMTCXR) -> int:

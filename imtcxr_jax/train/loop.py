@@ -32,6 +32,7 @@ from tqdm import tqdm
 from imtcxr_jax.data.pipeline import build_tokenizer, make_eval_examples, make_train_dataset
 from imtcxr_jax.data.sources import Record, load_records
 from imtcxr_jax.models.config import ModelConfig
+from imtcxr_jax.models.layers import Keys
 from imtcxr_jax.sharding import make_mesh
 from imtcxr_jax.tasks.common import TASK_FAMILIES, parse_families
 from imtcxr_jax.text.tokenizer import OfaTokenizer, Tokenizer, load_tokenizer
@@ -481,5 +482,5 @@ def load_trained_model(workdir: str | Path, step: int | None = None, *, bpe_dir:
     if restored is None:
         raise ValueError(f"{workdir / 'checkpoints'}: no readable checkpoint")
     state, step = restored
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: IMTCXR(cfg, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: IMTCXR(cfg, rngs=Keys(params=0))))
     return nnx.merge(graphdef, state.params, state.model_state), tokenizer, config, step

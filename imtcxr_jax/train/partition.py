@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.models.imtcxr import IMTCXR
+from imtcxr_jax.models.layers import Keys
 from imtcxr_jax.sharding import DEFAULT_RULES, create_sharded, plan_shardings
 from imtcxr_jax.tasks.common import check_families
 from imtcxr_jax.train.steps import TrainState, create_train_state, train_step
@@ -62,7 +63,7 @@ def init_sharded_state(
 ) -> tuple[nnx.GraphDef, TrainState, TrainState, list[str]]:
     """Build the model on its shards and the train state around it. Returns (graphdef, state, state shardings,
     dimensions the rules could not shard)."""
-    model, plan = create_sharded(lambda: IMTCXR(cfg, rngs=nnx.Rngs(seed)), mesh, rules)
+    model, plan = create_sharded(lambda: IMTCXR(cfg, rngs=Keys(params=seed)), mesh, rules)
     graphdef, state = create_train_state(model, optimizer, seed, float16=cfg.dtype == "float16")
     shardings = state_shardings(state, plan.shardings, optimizer, mesh)
     return graphdef, jax.device_put(state, shardings), shardings, plan.replicated_instead
@@ -73,11 +74,11 @@ def abstract_sharded_state(
 ) -> tuple[TrainState, TrainState]:
     """ShapeDtypeStructs and shardings of the full train state, nothing allocated (for memory estimates and
     restoring checkpoints onto another mesh)."""
-    abstract = nnx.eval_shape(lambda: IMTCXR(cfg, rngs=nnx.Rngs(seed)))
+    abstract = nnx.eval_shape(lambda: IMTCXR(cfg, rngs=Keys(params=seed)))
     plan = plan_shardings(abstract, mesh, rules)
     state = jax.eval_shape(
         lambda: create_train_state(
-            IMTCXR(cfg, rngs=nnx.Rngs(seed)), optimizer, seed, float16=cfg.dtype == "float16"
+            IMTCXR(cfg, rngs=Keys(params=seed)), optimizer, seed, float16=cfg.dtype == "float16"
         )[1]
     )
     shardings = state_shardings(state, plan.shardings, optimizer, mesh)

@@ -17,6 +17,7 @@ import optax
 from flax import nnx, struct
 
 from imtcxr_jax.models.imtcxr import PAD_ID
+from imtcxr_jax.models.layers import Keys
 from imtcxr_jax.tasks.common import TASK_FAMILIES
 from imtcxr_jax.text.coords import NUM_BINS
 from imtcxr_jax.text.tokenizer import EOS_ID
@@ -222,7 +223,7 @@ def train_step(
     def loss_fn(params, model_state, mb, key):
         # copy=True: fresh Variables at this trace level (the inputs belong to the enclosing scan/grad traces).
         model = nnx.merge(graphdef, params, model_state, copy=True)
-        logits = model(mb["src"], mb["images"], mb["prev"], train=True, rngs=nnx.Rngs(dropout=key))
+        logits = model(mb["src"], mb["images"], mb["prev"], train=True, rngs=Keys(dropout=key))
         losses = token_losses(logits, mb["target"], label_smoothing, bin_sigma)
         weights = weights_of(mb)
         per_example = jnp.sum(losses * weights, axis=1)
