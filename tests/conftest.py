@@ -1,10 +1,30 @@
-"""Test-wide set-up: 8 fake CPU devices and full float32 matmul precision, before JAX is imported."""
+"""Test-wide set-up, before JAX is imported: 8 fake CPU devices, full float32 matmul precision, and one
+persistent compilation cache for the whole run.
+
+Why the cache: on a CPU most of the suite's time is XLA compilation, and many tests compile the same program
+(the micro model's initialisation and train step on the same mesh; every `imtcxr train` a test starts in a
+subprocess). The cache is a fresh temporary folder shared by the pytest-xdist workers and by the
+subprocesses the tests start (they inherit the environment), removed when the run ends. A cached program is
+the compiled program itself, so no result depends on whether it came from the cache.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller (xdist workers inherit its environment)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="imtcxr-jax-test-xla-")
+    os.environ["IMTCXR_TEST_OWNS_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 import jax
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    worker = hasattr(session.config, "workerinput")
+    owned = os.environ.get("IMTCXR_TEST_OWNS_CACHE")
+    if not worker and owned and owned == os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        shutil.rmtree(owned, ignore_errors=True)
