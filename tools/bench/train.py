@@ -22,9 +22,10 @@ each side then runs in its own fresh 'spawn' child process on those weights:
     mfu                        step_gflop / step_s / peak_gflops: the share of the matmul peak achieved
     first_loss_rel_diff        |loss_jax - loss_torch| / loss_torch of the first step (same weights and batch)
 
-Input pipeline (one JSON line, `"bench": "input_pipeline"`): phantoms written at `--pipeline-image-size` px
-(512), read and prepared by `data.pipeline.ExampleMaker` in this process on one core (image decode, resize,
-training jitter, text and token framing), over the four task families in turn. `examples_per_s_per_core` is
+Input pipeline (one JSON line, `"bench": "input_pipeline"`): phantoms written at `--pipeline-source-size` px
+(default: the canvas size), read and prepared for a `--pipeline-image-size` px canvas (512) by
+`data.pipeline.ExampleMaker` in this process on one core (image decode, resize, training jitter, text and
+token framing), over the four task families in turn. `examples_per_s_per_core` is
 compared with each size's `examples_per_s` above: `cores_to_feed` = how many cores the pipeline needs to keep
 that train step busy. `examples_per_s_per_core_cached`: the same examples again from a second maker whose
 image cache (`data.image_cache_mb`) a first pass filled, so only the jitter and the text remain;
@@ -183,9 +184,13 @@ def bench_pipeline(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
     from imtcxr_jax.data.sources import enumerate_examples, load_records
 
     size = args.pipeline_image_size
+    source_size = args.pipeline_source_size or size
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
-        print(f"[train] input pipeline: {args.pipeline_images} phantoms of {size} px ...", file=sys.stderr)
-        data_cli(["phantom", "--n", str(args.pipeline_images), "--size", str(size), "--out", tmp])
+        print(
+            f"[train] input pipeline: {args.pipeline_images} phantoms of {source_size} px ...",
+            file=sys.stderr,
+        )
+        data_cli(["phantom", "--n", str(args.pipeline_images), "--size", str(source_size), "--out", tmp])
         records, _ = load_records(Path(tmp))
         tokenizer = pipeline.build_tokenizer(records, vocab_size=2048)
         config = pipeline.PipelineConfig(image_size=size, max_tgt_len=256)
@@ -208,6 +213,7 @@ def bench_pipeline(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
     return {
         "bench": "input_pipeline",
         "image_size": size,
+        "source_image_size": source_size,
         "examples": len(refs),
         "examples_per_s_per_core": len(refs) / seconds,
         "examples_per_s_per_core_cached": len(refs) / cached_seconds,
@@ -232,6 +238,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="weights and inputs")
     parser.add_argument("--pipeline-image-size", type=int, default=512)
     parser.add_argument("--pipeline-images", type=int, default=24, help="phantoms (and examples per family)")
+    parser.add_argument(
+        "--pipeline-source-size", type=int, default=0, help="phantoms' side (0: --pipeline-image-size)"
+    )
     args = parser.parse_args(argv)
     if min(args.image_size, args.batch, args.repeats, args.pipeline_images) < 1:
         parser.error("--image-size, --batch, --repeats and --pipeline-images must be positive")
