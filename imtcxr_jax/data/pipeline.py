@@ -405,8 +405,9 @@ class ExampleMaker:
             raise OSError(f"{record.where}: cannot read image {path} ({error})") from error
         fitted = augment.fit_image(pixels, self.config.image_size, mode=self.config.resize_mode)
         fitted.content.setflags(write=False)  # shared by every later example of this record
-        with self._cache_lock:
-            if self._cached_bytes + fitted.nbytes <= self.config.image_cache_mb * 2**20:
+        with self._cache_lock:  # two reader threads may have read the same image: keep one, count it once
+            budget = self.config.image_cache_mb * 2**20
+            if ref.record not in self._fitted and self._cached_bytes + fitted.nbytes <= budget:
                 self._fitted[ref.record] = fitted
                 self._cached_bytes += fitted.nbytes
         return fitted

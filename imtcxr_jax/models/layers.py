@@ -31,10 +31,8 @@ class Keys:
     """
 
     def __init__(self, **streams: int | jax.Array):
-        self._keys = {
-            name: jax.random.key(value) if isinstance(value, int) else value
-            for name, value in streams.items()
-        }
+        # As nnx.Rngs takes them: a seed, a typed key, or raw uint32 key data.
+        self._keys = {name: _as_key(value) for name, value in streams.items()}
         self._drawn = dict.fromkeys(streams, 0)
 
     def __getattr__(self, stream: str) -> Callable[[], jax.Array]:
@@ -46,6 +44,12 @@ class Keys:
         key = jax.random.fold_in(self._keys[stream], self._drawn[stream])
         self._drawn[stream] += 1
         return key
+
+
+def _as_key(value: int | jax.Array) -> jax.Array:
+    if isinstance(value, jax.Array):
+        return jax.random.wrap_key_data(value) if value.dtype == jnp.uint32 else value
+    return jax.random.key(int(value))
 
 
 # Default initialisers (spec §3.6: the original re-initialises everything with a BERT-style N(0, 0.02)).

@@ -34,7 +34,10 @@ def test_named_sizes_have_the_spec_parameter_counts(capsys):
 
 def test_keys_draw_the_keys_of_nnx_rngs_and_build_the_same_parameters():
     cfg = get_model_config("micro")
-    ours, flax_rngs = Keys(params=3, dropout=jax.random.key(9)), nnx.Rngs(params=3, dropout=jax.random.key(9))
+    ours = Keys(
+        params=np.int64(3), dropout=jax.random.key_data(jax.random.key(9))
+    )  # a numpy seed, raw key data
+    flax_rngs = nnx.Rngs(params=3, dropout=jax.random.key(9))
     for stream in ("params", "dropout", "params", "params", "dropout"):
         expected = getattr(flax_rngs, stream)()
         assert jnp.array_equal(jax.random.key_data(getattr(ours, stream)()), jax.random.key_data(expected))
