@@ -324,8 +324,8 @@ def test_worker_processes_give_the_same_batches_and_resume(data):
 
 
 def test_the_image_cache_gives_the_same_batches_and_keeps_to_its_budget(data):
-    """32 phantoms of 64 px, several epochs: with the cache every batch equals a fresh read's, images are read
-    once each, and a budget of one image's bytes keeps one image."""
+    """32 phantoms of 64 px, several epochs: with the cache every batch equals a fresh read's; a cached image is
+    kept once, read-only, and gives a fresh read's arrays; with no budget nothing is kept."""
     uncached = _take(iter(_dataset(data)), 12)
     train = _dataset(data, {"image_cache_mb": 8})
     _assert_same_batches(_take(iter(train), 12), uncached)

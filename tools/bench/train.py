@@ -25,9 +25,8 @@ each side then runs in its own fresh 'spawn' child process on those weights:
 Input pipeline (one JSON line, `"bench": "input_pipeline"`): phantoms written at `--pipeline-source-size` px
 (default: the canvas size), read and prepared for a `--pipeline-image-size` px canvas (512) by
 `data.pipeline.ExampleMaker` in this process on one core (image decode, resize, training jitter, text and
-token framing), over the four task families in turn. `examples_per_s_per_core` is
-compared with each size's `examples_per_s` above: `cores_to_feed` = how many cores the pipeline needs to keep
-that train step busy. `examples_per_s_per_core_cached`: the same examples again from a second maker whose
+token framing), over the four task families in turn. `examples_per_s_per_core` is compared with each size's
+`examples_per_s` above: `cores_to_feed` = how many cores the pipeline needs to keep that train step busy. `examples_per_s_per_core_cached`: the same examples again from a second maker whose
 image cache (`data.image_cache_mb`) a first pass filled, so only the jitter and the text remain;
 `cache_speedup` is the ratio of the two.
 """
@@ -244,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.image_size, args.batch, args.repeats, args.pipeline_images) < 1:
         parser.error("--image-size, --batch, --repeats and --pipeline-images must be positive")
+    if args.pipeline_source_size < 0:
+        parser.error("--pipeline-source-size must be 0 (the canvas size) or a positive number of pixels")
     return args
 
 
