@@ -449,11 +449,49 @@ def cli_main(argv: list[str]) -> int:
         model, eval_set, tokenizer, per_task=args.per_task, beam_size=args.beam,
         max_report_len=config.data.max_tgt_len,
     )  # fmt: skip
+    print_scores(scores)
+    print(json.dumps({"step": step, **scores}))
+    return 0
+
+
+def print_scores(scores: dict[str, Any]) -> None:
+    """One aligned line per numeric score, then `summary_lines` (what `imtcxr eval` and the end of
+    `imtcxr train` show)."""
     for key, value in scores.items():
         if isinstance(value, float):
             print(f"{key:>32}: {value:.4f}")
-    print(json.dumps({"step": step, **scores}))
-    return 0
+    for line in summary_lines(scores):
+        print(line)
+
+
+def summary_lines(scores: dict[str, Any]) -> list[str]:
+    """The scores the main job is judged on, each beside its yardstick: the headline presence AUC against
+    chance, boxes and outlines against the best constant answer (margin in brackets), the report's CE-F1.
+    Lines only for the tasks that were scored."""
+    lines = []
+    aucs = [f"{label} {scores[f'auc/{label}']:.2f}" for label in HEADLINE_LABELS if f"auc/{label}" in scores]
+    if "auc_headline" in scores:
+        lines.append(f"presence AUC {scores['auc_headline']:.2f} ({', '.join(aucs)}; chance 0.50)")
+    if "box_miou" in scores:
+        acc, miou = scores["box_acc"], scores["box_miou"]
+        acc_0, miou_0 = scores["box_acc_mean_box"], scores["box_miou_mean_box"]
+        lines.append(
+            f"boxes ACC@0.5 {acc:.2f} / mIoU {miou:.2f}; the mean box {acc_0:.2f} / {miou_0:.2f} "
+            f"({acc - acc_0:+.2f} / {miou - miou_0:+.2f})"
+        )
+    outlines = []
+    for key, value in scores.items():
+        structure = key.removeprefix("dice/")
+        constant = scores.get(f"dice_mean_polygon/{structure}")
+        if key.startswith("dice/") and constant is not None:
+            outlines.append(f"{structure} {value:.2f} vs {constant:.2f} ({value - constant:+.2f})")
+    if outlines:
+        lines.append(f"outline Dice against the mean polygon: {'; '.join(outlines)}")
+    if "ce_f1" in scores:
+        lines.append(
+            f"report CE-F1 {scores['ce_f1']:.2f} (BLEU-4 {scores['bleu_4']:.2f}, ROUGE-L {scores['rouge_l']:.2f})"
+        )
+    return lines
 
 
 def _held_out_data(workdir):

@@ -189,3 +189,36 @@ def test_overlay_of_a_downscaled_copy_uses_the_document_coordinates():
     x0, y0, x1, y1 = (np.array(document["findings"][0]["box"]) / 4).round().astype(int)
     box = np.all(picture == overlay.COLOURS["box"], axis=-1)
     assert box[y0 : y1 + 1, x0 : x1 + 1].any() and box[(y0 + y1) // 2, x0 - 1 : x0 + 2].any()
+
+
+def test_the_demo_analyses_a_held_out_phantom_with_a_finding_and_shows_its_truth(
+    workdir, tmp_path, capsys, fixed_batches
+):
+    """`tools/demo_analysis.py`, the main job's last step, on the shared workdir's held-out phantoms."""
+    from tools.demo_analysis import first_phantom_with_a_finding, main
+
+    manifest = workdir / "data" / "eval" / "manifest.jsonl"
+    truth = first_phantom_with_a_finding(manifest)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert truth == next((r for r in records if r["findings"]), records[0])
+    assert main([str(workdir), "--out", str(tmp_path / "demo")]) == 0
+    stem = Path(truth["image"]).stem
+    document = json.loads((tmp_path / "demo" / f"{stem}.json").read_text())
+    assert (tmp_path / "demo" / f"{stem}.png").is_file()
+    shown = capsys.readouterr().out
+    assert f"report: {document['report'] or '(none)'}" in shown and f"report: {truth['report']}" in shown
+    assert all(flag["message"] in shown for flag in document["flags"])
+    for finding in document["findings"]:
+        assert f"  {finding['label']}" in shown.split("drawn into the phantom:")[0]
+    for finding in truth["findings"]:
+        assert f"  {finding['label']}" in shown.split("drawn into the phantom:")[1]
+
+
+def test_the_demo_names_a_workdir_without_held_out_phantoms(tmp_path, capsys):
+    from tools.demo_analysis import first_phantom_with_a_finding, main
+
+    assert main([str(tmp_path)]) == 2
+    assert "manifest.jsonl" in capsys.readouterr().err
+    (tmp_path / "manifest.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"manifest\.jsonl: no records"):
+        first_phantom_with_a_finding(tmp_path / "manifest.jsonl")

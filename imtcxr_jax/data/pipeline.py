@@ -28,14 +28,16 @@ MapDataset stage, worker processes (``num_workers > 0``) each build whole batche
 does not depend on the worker count; a saved state is still per-worker, so resume with the same count.
 
 **One family per batch** (``batch_by_family``): each family is batched on its own, its instructions and
-targets padded only to its longest example (rounded up to a multiple of 8) instead of ``max_src_len`` /
-``max_tgt_len``, and whole batches are mixed by weight: a yes/no answer no longer pays for a report's decoder
-length, nor a short question for the evidence prompt's encoder length (padding is masked, so the model's
-outputs do not change).
+targets padded only to its longest example (rounded up to a multiple of ``length_multiple``) instead of
+``max_src_len`` / ``max_tgt_len``, and whole batches are mixed by weight: a yes/no answer no longer pays for a
+report's decoder length, nor a short question for the evidence prompt's encoder length (padding is masked, so
+the model's outputs do not change).
 Each family's batches are sliced per host before the mix, and the mix is the same on every host, so the hosts
-still assemble the single-process global batch at every step. The train step compiles once per family. The
+still assemble the single-process global batch at every step. The train step compiles once per shape. The
 weights then count batches, not examples, and since the loss is a token mean per batch, a short-answer family
-weighs more per token than in a mixed batch.
+weighs more per token than in a mixed batch. Families whose padded lengths coincide share one compiled
+step, so a coarser ``length_multiple`` trades a little padding for fewer compilations (the main job: 16,
+which gives the yes/no answers the box answers' shape).
 
 Lengths: report targets are cut to the first 128 words (as the original does) when the text is built. Token
 lengths do not depend on augmentation (a box is always 4 bins, a polygon 2N), so every example is measured
@@ -57,6 +59,8 @@ batch_size                    32                global batch; each of the proces
 weights                       cls .15 loc .20   relative mixture weight per family; a family left out or at 0
                               seg .15 rep .50   is not trained
 batch_by_family               False             one family per batch, targets padded per family (above)
+length_multiple               8                 with batch_by_family: a family's lengths are its longest
+                                                example's rounded up to a multiple of this
 augment                       True              training jitter on (False: resize only)
 rotate_deg                    3.0               jitter: rotation in [-r, r] degrees
 scale                         0.05              jitter: scale factor in [1 - s, 1 + s]
@@ -142,6 +146,7 @@ class PipelineConfig:
     batch_size: int = 32
     weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     batch_by_family: bool = False
+    length_multiple: int = 8
     augment: bool = True
     rotate_deg: float = 3.0
     scale: float = 0.05
@@ -164,6 +169,7 @@ class PipelineConfig:
             "max_tgt_len": 2,
             "batch_size": 1,
             "prefetch_batches": 1,
+            "length_multiple": 1,
         }
         minimum |= {"num_workers": 0, "num_threads": 0, "pad_value": 0, "image_cache_mb": 0}
         for name, lowest in minimum.items():
@@ -590,9 +596,10 @@ class RecordGroupedOrder(Sequence):
         return self._refs[self.epoch_order(epoch)[position]]
 
 
-def _padded_length(longest: int, limit: int) -> int:
-    """A family's padded length: its longest example rounded up to a multiple of 8, at most ``limit``."""
-    return min(-(-longest // 8) * 8, limit)
+def _padded_length(longest: int, multiple: int, limit: int) -> int:
+    """A family's padded length: its longest example rounded up to a multiple of ``multiple``, at most
+    ``limit``."""
+    return min(-(-longest // multiple) * multiple, limit)
 
 
 def make_train_dataset(
@@ -650,10 +657,10 @@ def make_train_dataset(
         if config.batch_by_family:
             # Host p takes this family's batches p, p + P, ... (see the mixed case below), before the mix.
             maker.source_lengths[family] = _padded_length(
-                pipeline_report.longest_source[family], config.max_src_len
+                pipeline_report.longest_source[family], config.length_multiple, config.max_src_len
             )
             maker.target_lengths[family] = _padded_length(
-                pipeline_report.longest_target[family], config.max_tgt_len
+                pipeline_report.longest_target[family], config.length_multiple, config.max_tgt_len
             )
             dataset = dataset.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
         datasets.append(dataset)

@@ -33,9 +33,13 @@ def cli_main(argv: list[str]) -> int:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     except ValueError as error:
         parser.error(str(error))
-    from imtcxr_jax.evaluate import evaluate_during_training
+    from imtcxr_jax.evaluate import evaluate_during_training, print_scores
     from imtcxr_jax.train.loop import train
 
     last = train(config, args.workdir, evaluate_fn=evaluate_during_training)
+    scores = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
+    if scores:
+        print(f"held-out scores at step {last['step']}:")
+        print_scores(scores)
     print(json.dumps(last))
     return 0

@@ -279,7 +279,8 @@ def model_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Mod
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn=None) -> dict[str, Any]:
-    """Train until config.total_steps (resuming from the workdir's checkpoints) and return the last metrics."""
+    """Train until config.total_steps (resuming from the workdir's checkpoints) and return the metrics logged
+    at the step reached (else just that step), with its held-out scores ("eval/...") if it was evaluated."""
     if config.nan_policy not in ("error", "skip"):
         raise ValueError(f"config.nan_policy: got {config.nan_policy!r}, expected 'error' or 'skip'")
     workdir = Path(workdir)
@@ -336,9 +337,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
 
     if start < config.total_steps:  # a finished run started again has nothing to compile
         started = time.perf_counter()
-        compile_ahead(step_fn, state, dataset.batch_shapes(), mesh, jax.process_count())
+        shapes = compile_ahead(step_fn, state, dataset.batch_shapes(), mesh, jax.process_count())
         seconds = time.perf_counter() - started
-        log.info("compiled the train step for %d batch shapes in %.0f s", len(dataset.lengths), seconds)
+        log.info("compiled the train step for %d batch shapes in %.0f s", shapes, seconds)
 
     eval_set = None
     if evaluate_fn is not None and config.eval_every > 0:
@@ -349,8 +350,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     writer = MetricsWriter(workdir)
     sharding = batch_sharding(mesh)
     last: dict[str, Any] = {}
+    evaluated: dict[str, Any] = {}  # the latest held-out scores, returned with `last` if of its step
     # Per-family loss sums and target tokens since the last log line: one family may not be in the logged step.
     family_totals = np.zeros((2, len(TASK_FAMILIES)))
+    done = start
     progress = tqdm(
         range(start, config.total_steps),
         initial=start,
@@ -378,10 +381,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
                 family_totals[:] = 0
                 writer.write(last)
                 progress.set_postfix(loss=f"{loss:.3f}")
-            if evaluate_fn is not None and eval_set is not None and done % config.eval_every == 0:
+            # Every eval_every steps and at the last (eval_set exists only with evaluate_fn and eval_every > 0).
+            if eval_set is not None and (done % config.eval_every == 0 or done == config.total_steps):
                 scores = evaluate_fn(graphdef, state, eval_set, tokenizer, config)
                 if scores:
-                    writer.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
+                    evaluated = {"step": done, **{f"eval/{k}": v for k, v in scores.items()}}
+                    writer.write(evaluated)
             stopping = any_process(stop.requested)  # all processes stop (and save together) at one step
             if done % config.checkpoint_every == 0 or done == config.total_steps or stopping:
                 checkpoints.save(done, state, data_iter, force=True)
@@ -393,7 +398,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
         writer.close()
         stop.restore()
         plot_training_curve(workdir / "metrics.jsonl", workdir / "training_curve.png")
-    return last
+    result = last if last.get("step") == done else {"step": done}  # a restarted finished run: its step
+    if evaluated.get("step") == done:
+        result = {**result, **evaluated}
+    return result
 
 
 def _abstract(state):

@@ -137,8 +137,9 @@ def compile_ahead(
     batch_shapes: Mapping[str, Mapping[str, tuple[tuple[int, ...], np.dtype]]],
     mesh: Mesh,
     process_count: int = 1,
-) -> None:
-    """Compile `step_fn` (from `jit_train_step`) for every batch shape of the stream, in parallel threads.
+) -> int:
+    """Compile `step_fn` (from `jit_train_step`) for every batch shape of the stream, in parallel threads;
+    returns the number of distinct shapes compiled.
 
     ``batch_shapes`` holds per-host shapes (`TrainDataset.batch_shapes`); the global batch is
     ``process_count`` of them. ``jax.jit`` keeps the executables, so the first step of each shape finds its
@@ -157,5 +158,8 @@ def compile_ahead(
         }
         step_fn.lower(state, batch).compile()
 
-    with ThreadPoolExecutor(max(1, min(len(batch_shapes), os.cpu_count() or 1))) as pool:
-        list(pool.map(compile_one, batch_shapes.values()))
+    # Families padded to the same lengths share one executable: compile each distinct shape once.
+    distinct = list({tuple(sorted(shapes.items())): shapes for shapes in batch_shapes.values()}.values())
+    with ThreadPoolExecutor(max(1, min(len(distinct), os.cpu_count() or 1))) as pool:
+        list(pool.map(compile_one, distinct))
+    return len(distinct)

@@ -378,6 +378,25 @@ def test_batch_by_family_pads_each_family_to_its_own_length(data):
     assert min(seen) < max(seen) <= CONFIG["max_tgt_len"]
 
 
+def test_a_coarser_length_multiple_pads_families_alike(data):
+    """``length_multiple`` rounds each family's lengths up to its multiples (never above the limits), so
+    short families end up with one shape, which the train step then compiles once."""
+    fine = _dataset(data, {"batch_by_family": True})
+    coarse = _dataset(data, {"batch_by_family": True, "length_multiple": 32})
+    for family, (source, target) in coarse.lengths.items():
+        longest_source = coarse.report.longest_source[family]
+        longest_target = coarse.report.longest_target[family]
+        assert source == min(-(-longest_source // 32) * 32, CONFIG["max_src_len"]) >= longest_source
+        assert target == min(-(-longest_target // 32) * 32, CONFIG["max_tgt_len"]) >= longest_target
+    assert len(set(coarse.lengths.values())) < len(set(fine.lengths.values()))
+    for batch in _take(iter(coarse), 8):
+        family = pipeline.TASK_FAMILIES[int(batch["task"][0])]
+        assert batch["src"].shape[1] == coarse.lengths[family][0]
+        assert batch["target"].shape[1] == coarse.lengths[family][1]
+    with pytest.raises(ValueError, match=r"length_multiple must be an integer >= 1, got 0"):
+        pipeline.PipelineConfig(length_multiple=0)
+
+
 def test_batch_by_family_hosts_partition_the_global_stream_and_resume(data):
     config = {"batch_by_family": True, "batch_size": 8}
     single = _take(iter(_dataset(data, config)), 6)

@@ -27,16 +27,27 @@ def test_micro_training_lowers_the_loss_and_beats_the_untrained_model(tmp_path):
     # Reports only: one compiled step shape, and the family where 60 micro steps make a large difference.
     overrides = [
         "--config.total_steps=60", "--config.learning_rate=3e-3", "--config.warmup_steps=10",
-        "--config.log_every=10", "--config.checkpoint_every=60", "--config.eval_every=0",
+        "--config.log_every=10", "--config.checkpoint_every=60", "--config.eval_every=25",
         "--config.data.weights.classification=0", "--config.data.weights.localization=0",
         "--config.data.weights.segmentation=0", "--config.data.evidence_fraction=0",
         "--config.data.max_tgt_len=128",
     ]  # fmt: skip
     config = load_config(MICRO, overrides)
     workdir = tmp_path / "run"
-    loop.train(config, workdir)
+    evaluated_at = []
 
-    losses = [row["loss"] for row in read_metrics(workdir / "metrics.jsonl") if "loss" in row]
+    def evaluate_stub(graphdef, state, eval_set, tokenizer, config):  # the held-out hook, scored below
+        evaluated_at.append(int(state.step))
+        return {"score": float(state.step)}
+
+    last = loop.train(config, workdir, evaluate_fn=evaluate_stub)
+    # Held-out evaluation every eval_every steps and at the last, whose scores come back with its metrics.
+    assert evaluated_at == [25, 50, 60]
+    assert last["step"] == 60 and last["eval/score"] == 60.0 and "loss" in last
+    rows = read_metrics(workdir / "metrics.jsonl")
+    assert [row["step"] for row in rows if "eval/score" in row] == [25, 50, 60]
+
+    losses = [row["loss"] for row in rows if "loss" in row]
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0], losses  # from step 10 on
 
     trained, tokenizer, config, step = loop.load_trained_model(workdir)

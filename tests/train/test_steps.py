@@ -206,8 +206,9 @@ def test_sharded_steps_equal_one_device():
 
 
 def test_compile_ahead_leaves_no_compilation_for_the_steps(caplog):
-    """`compile_ahead` with per-host shapes of two hosts: the steps on global batches (as the loop builds them)
-    of both shapes then run without compiling. A step built like `jit_train_step` (state and batch shardings,
+    """`compile_ahead` with per-host shapes of two hosts, one of them given twice (two families padded alike):
+    each distinct shape is compiled once, and the steps on global batches (as the loop builds them) of both
+    shapes then run without compiling. A step built like `jit_train_step` (state and batch shardings,
     donated state) around a cheap body: compiling the real step twice would cost a minute here."""
     mesh = make_mesh((8, 1, 1), jax.devices())
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -227,8 +228,9 @@ def test_compile_ahead_leaves_no_compilation_for_the_steps(caplog):
         {**make_batch(batch=4, seed=1), "src": np.ones((4, 3), np.int32)},
     ]
     shapes = {f"shape {i}": {k: (v.shape, v.dtype) for k, v in b.items()} for i, b in enumerate(per_host)}
+    shapes["a family padded like shape 0"] = dict(shapes["shape 0"])
     caplog.set_level(logging.DEBUG, logger="jax._src.dispatch")
-    compile_ahead(step, state, shapes, mesh, process_count=2)
+    assert compile_ahead(step, state, shapes, mesh, process_count=2) == 2
 
     def compilations() -> int:
         found = [r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
