@@ -29,6 +29,12 @@ def _number(value) -> str:
     return "none" if value is None else f"{value:.2f}"
 
 
+def _finding_line(label: str, details: list[str], box) -> str:
+    if box:
+        details = [*details, "box [" + ", ".join(f"{v:.0f}" for v in box) + "]"]
+    return f"  {label}" + (f": {', '.join(details)}" if details else "")
+
+
 def describe(document: dict, truth: dict) -> list[str]:
     """Lines comparing the evidence document's findings, measurements and report with the phantom's truth."""
     lines = ["found:"]
@@ -36,9 +42,7 @@ def describe(document: dict, truth: dict) -> list[str]:
         confidence = finding.get("confidence")
         details = [] if confidence is None else [f"confidence {confidence:.2f}"]
         details += [f"{key} {finding[key]}" for key in ("severity", "location") if finding.get(key)]
-        if finding.get("box"):
-            details.append("box [" + ", ".join(f"{v:.0f}" for v in finding["box"]) + "]")
-        lines.append(f"  {finding['label']}" + (f": {', '.join(details)}" if details else ""))
+        lines.append(_finding_line(finding["label"], details, finding.get("box")))
     measured = document["measurements"]
     lines.append(f"  CTR {_number(measured.get('ctr'))}, PCR {_number(measured.get('pcr'))}")
     lines.append(f"  report: {document['report'] or '(none)'}")
@@ -49,9 +53,7 @@ def describe(document: dict, truth: dict) -> list[str]:
         location = finding.get("location")
         where = " ".join(location.values()) if isinstance(location, dict) else location
         details = [str(part) for part in (finding.get("severity"), where) if part]
-        if finding.get("box"):
-            details.append("box [" + ", ".join(f"{v:.0f}" for v in finding["box"]) + "]")
-        lines.append(f"  {finding['label']}" + (f": {', '.join(details)}" if details else ""))
+        lines.append(_finding_line(finding["label"], details, finding.get("box")))
     lines.append(f"  CTR {_number(truth.get('ctr'))}, PCR {_number(truth.get('pcr'))}")
     lines.append(f"  report: {truth.get('report', '')}")
     return lines
