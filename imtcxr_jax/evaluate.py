@@ -469,9 +469,14 @@ def summary_lines(scores: dict[str, Any]) -> list[str]:
     chance, boxes and outlines against the best constant answer (margin in brackets), the report's CE-F1.
     Lines only for the tasks that were scored."""
     lines = []
-    aucs = [f"{label} {scores[f'auc/{label}']:.2f}" for label in HEADLINE_LABELS if f"auc/{label}" in scores]
+    # An AUC is None where the held-out examples of a label hold one class only.
+    aucs = [
+        f"{label} {_two_places(scores[f'auc/{label}'])}"
+        for label in HEADLINE_LABELS
+        if f"auc/{label}" in scores
+    ]
     if "auc_headline" in scores:
-        lines.append(f"presence AUC {scores['auc_headline']:.2f} ({', '.join(aucs)}; chance 0.50)")
+        lines.append(f"presence AUC {_two_places(scores['auc_headline'])} ({', '.join(aucs)}; chance 0.50)")
     if "box_miou" in scores:
         acc, miou = scores["box_acc"], scores["box_miou"]
         acc_0, miou_0 = scores["box_acc_mean_box"], scores["box_miou_mean_box"]
@@ -492,6 +497,10 @@ def summary_lines(scores: dict[str, Any]) -> list[str]:
             f"report CE-F1 {scores['ce_f1']:.2f} (BLEU-4 {scores['bleu_4']:.2f}, ROUGE-L {scores['rouge_l']:.2f})"
         )
     return lines
+
+
+def _two_places(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _held_out_data(workdir):

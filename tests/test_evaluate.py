@@ -23,3 +23,7 @@ def test_summary_lines_put_each_score_beside_its_yardstick():
         "report CE-F1 0.50 (BLEU-4 0.10, ROUGE-L 0.30)"
     ]
     assert summary_lines({}) == []
+    # A label whose held-out examples hold one class has no AUC (None), nor then has the headline.
+    assert summary_lines({"auc/cardiomegaly": None, "auc/pneumothorax": 0.75, "auc_headline": None}) == [
+        "presence AUC n/a (cardiomegaly n/a, pneumothorax 0.75; chance 0.50)"
+    ]

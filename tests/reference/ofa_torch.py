@@ -114,9 +114,12 @@ def token_bucket_table(bucket_size: int = 256, max_position: int = TOKEN_BUCKET_
     rel = pos[:, None] - pos[None, :]
     magnitude = rel.abs()
     # The log branch is only selected where |rel| > mid; clamping keeps log() finite elsewhere. float64 is
-    # used; the spec notes float32 and float64 give the same table for |rel| ≤ 1023.
-    ratio = magnitude.clamp(min=mid).to(torch.float64) / mid
-    log_part = torch.ceil(torch.log(ratio) / math.log((max_position - 1) / mid) * (mid - 1)).long()
+    # used; the spec notes float32 and float64 give the same table for |rel| ≤ 1023. The logs come from
+    # Python's math.log, one per distinct |rel|: torch.log's vectorised and scalar paths can differ by an ulp,
+    # and which path an element takes depends on threading, so at |rel| = max_position - 1, where the ratio
+    # is exactly 1 before the ceil, the bucket flipped between runs.
+    logs = torch.tensor([math.log(max(m, mid) / mid) for m in range(max_position)], dtype=torch.float64)
+    log_part = torch.ceil(logs[magnitude] / math.log((max_position - 1) / mid) * (mid - 1)).long()
     far = torch.sign(rel) * (mid + log_part)
     return torch.where(magnitude <= mid, rel, far) + (bucket_size - 1)
 
