@@ -97,9 +97,8 @@ class Run:
         env = dict(
             os.environ,
             PYTHONPATH=str(REPO),
-            # The devices of the test session (tests/conftest.py), and one compilation cache for all runs.
-            XLA_FLAGS="--xla_force_host_platform_device_count=8",
-            JAX_PLATFORMS="cpu",
+            # The devices and XLA flags of the test session (tests/conftest.py) come with os.environ; one
+            # compilation cache for all runs of this module.
             JAX_COMPILATION_CACHE_DIR=str(cache),
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
