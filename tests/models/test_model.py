@@ -107,21 +107,26 @@ def test_bad_inputs_name_the_argument():
 def test_cached_decoding_equals_teacher_forcing(size):
     cfg = get_model_config(size)
     model = create_model(cfg, seed=3)
+    # Jitted, as decoding runs: eagerly, each of the model's hundreds of operations compiles on its own.
+    encode = nnx.jit(lambda m, src, images: m.encode(src, images))
+    decode = nnx.jit(lambda m, prev, enc: m.decode(prev, enc))
+    decode_step = nnx.jit(lambda m, tokens, cache: m.decode_step(tokens, cache))
+    init_cache = nnx.jit(lambda m, enc: m.init_cache(enc, max_length=12))
     src, images, prev = _batch(cfg, image_size=48)
-    enc = model.encode(src, images)
-    full = model.decode(prev, enc)
-    cache = model.init_cache(enc, max_length=12)
+    enc = encode(model, src, images)
+    full = decode(model, prev, enc)
+    cache = init_cache(model, enc)
     steps = []
     for t in range(prev.shape[1]):
-        logits, cache = model.decode_step(prev[:, t : t + 1], cache)
+        logits, cache = decode_step(model, prev[:, t : t + 1], cache)
         steps.append(logits[:, 0])
     stepped = jnp.stack(steps, axis=1)
     scale = float(jnp.abs(full).max())
     assert float(jnp.abs(stepped - full).max()) <= 1e-5 * scale
     # A prefill of several tokens followed by single steps gives the same logits too.
-    cache = model.init_cache(enc, max_length=12)
-    head, cache = model.decode_step(prev[:, :5], cache)
-    tail, cache = model.decode_step(prev[:, 5:], cache)
+    cache = init_cache(model, enc)
+    head, cache = decode_step(model, prev[:, :5], cache)
+    tail, cache = decode_step(model, prev[:, 5:], cache)
     assert float(jnp.abs(jnp.concatenate([head, tail], axis=1) - full).max()) <= 1e-5 * scale
     assert int(cache.index) == prev.shape[1]
 
@@ -247,8 +252,12 @@ def test_sharded_creation_gives_the_same_model_and_logits():
     assert sharded.embed_tokens.embedding[...].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
     assert plan.replicated_instead == []
     src, images, prev = _batch(cfg)
+    forward = nnx.jit(lambda model, src, images, prev: model(src, images, prev))  # one compilation each
     np.testing.assert_allclose(
-        np.asarray(sharded(src, images, prev)), np.asarray(reference(src, images, prev)), rtol=1e-5, atol=1e-6
+        np.asarray(forward(sharded, src, images, prev)),
+        np.asarray(forward(reference, src, images, prev)),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 

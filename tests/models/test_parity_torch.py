@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from imtcxr_jax.convert.state_dict import export_ofa_state_dict, load_ofa_state_dict
 from imtcxr_jax.models.config import ModelConfig, get_model_config
@@ -66,20 +67,22 @@ def test_logits_match_the_reference(size, image_size):
         )
         ref_logits = reference.decode(torch.from_numpy(prev), ref_enc)
 
+    # Jitted: run eagerly, each of the model's hundreds of operations would compile on its own.
     nhwc = jnp.asarray(images.transpose(0, 2, 3, 1))
-    feats = ours.encoder.embed_images(nhwc)
+    feats = nnx.jit(lambda m, x: m.encoder.embed_images(x))(ours, nhwc)
     assert relative_error(feats, ref_feats.numpy().transpose(0, 2, 3, 1)) <= RTOL
-    enc = ours.encode(jnp.asarray(src), nhwc)
+    enc = nnx.jit(lambda m, src, x: m.encode(src, x))(ours, jnp.asarray(src), nhwc)
     np.testing.assert_array_equal(np.asarray(enc.padding_mask), ref_enc["padding_mask"].numpy())
     assert relative_error(enc.position_embeddings, ref_enc["position_embeddings"]) <= RTOL
     assert relative_error(enc.hidden, ref_enc["encoder_out"]) <= RTOL
-    logits = ours.decode(jnp.asarray(prev), enc)
+    logits = nnx.jit(lambda m, prev, enc: m.decode(prev, enc))(ours, jnp.asarray(prev), enc)
     assert relative_error(logits, ref_logits) <= RTOL
 
     # Cached one-token-at-a-time decoding reproduces the reference at every non-pad position.
     cache = ours.init_cache(enc, max_length=prev.shape[1])
+    decode_step = nnx.jit(lambda m, tokens, cache: m.decode_step(tokens, cache))
     for t in range(prev.shape[1]):
-        step_logits, cache = ours.decode_step(jnp.asarray(prev[:, t : t + 1]), cache)
+        step_logits, cache = decode_step(ours, jnp.asarray(prev[:, t : t + 1]), cache)
         real = prev[:, t] != 1
         assert relative_error(np.asarray(step_logits[:, 0])[real], ref_logits[:, t].numpy()[real]) <= RTOL
 
