@@ -177,11 +177,18 @@ def test_first_token_weight_gives_the_weighted_token_mean():
         jit_train_step(graphdef, tx, shardings, mesh, bin_sigma=-2.0)
 
 
-def _run(mesh_shape, devices, steps=2, accumulation=1, **model_changes):
+def _run(mesh_shape, devices, steps=2, accumulation=1, initial=None, **model_changes):
+    """`steps` train steps on a mesh from the micro model's state, initialised on that mesh, or ``initial``
+    (graphdef, host copy of a state) placed onto the mesh's shardings. Returns (state, losses)."""
     cfg = get_model_config("micro", **model_changes)
     mesh = make_mesh(mesh_shape, devices)
     tx = make_optimizer(OPTIMIZER)
-    graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
+    if initial is None:
+        graphdef, state, shardings, _ = init_sharded_state(cfg, tx, mesh, seed=0)
+    else:
+        graphdef, host_state = initial
+        _, shardings = abstract_sharded_state(cfg, tx, mesh, seed=0)
+        state = jax.device_put(host_state, shardings)
     step = jit_train_step(graphdef, tx, shardings, mesh, accumulation_steps=accumulation)
     losses = []
     for i in range(steps):
@@ -191,13 +198,21 @@ def _run(mesh_shape, devices, steps=2, accumulation=1, **model_changes):
 
 
 def test_sharded_steps_equal_one_device():
-    single, single_losses = _run((1, 1, 1), jax.devices()[:1])
+    # One initial state for every mesh, placed onto each mesh's shardings: the steps are what is compared
+    # (sharded initialisation has its own tests, in test_model.py and test_checkpoint.py), and compiling the
+    # initialisation for every mesh would double this test's time.
+    one_device = make_mesh((1, 1, 1), jax.devices()[:1])
+    graphdef, state, _, _ = init_sharded_state(
+        get_model_config("micro"), make_optimizer(OPTIMIZER), one_device, 0
+    )
+    initial = (graphdef, jax.tree.map(np.asarray, state))  # a host copy: the steps donate their state
+    single, single_losses = _run((1, 1, 1), jax.devices()[:1], initial=initial)
     reference = jax.tree.map(np.asarray, jax.tree.leaves(single.params))
     # Relative to the parameters' scale: a parameter whose gradient is ~0 (e.g. a bias no data reaches) gets
     # Adam updates of pure summation-order noise, so per-leaf relative errors would measure noise, not bugs.
     scale = max(float(np.abs(leaf).max()) for leaf in reference)
     for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
-        state, losses = _run(shape, jax.devices())
+        state, losses = _run(shape, jax.devices(), initial=initial)
         np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
         for ours, expected in zip(jax.tree.leaves(state.params), reference, strict=True):
             assert float(np.abs(np.asarray(ours) - expected).max()) <= 1e-5 * scale, shape
