@@ -40,7 +40,14 @@ MIN_REPLICA_SLICE_BYTES = 4 * 2**20
 @functools.cache
 def _configure_array_saving() -> None:
     """Register orbax's array handler with `MIN_REPLICA_SLICE_BYTES`, once per process (it is process-wide)."""
-    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+    # orbax's default array handler, with the threshold: it keeps an array-metadata store, whose class orbax
+    # exports under a private path only.
+    from orbax.checkpoint._src.metadata import array_metadata_store
+
+    handler = ocp.type_handlers.ArrayHandler(
+        array_metadata_store=array_metadata_store.Store(),
+        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
+    )
     absl_log = logging.getLogger("absl")  # orbax warns that a handler is replaced, which is the intent here
     level = absl_log.level
     absl_log.setLevel(logging.ERROR)
