@@ -3,7 +3,9 @@ matmul precision, and one persistent compilation cache for the whole run.
 
 Why the optimisation level: on a CPU most of the suite's time is XLA compilation of tiny models, and LLVM's
 optimisation passes are a third of it (the micro train step: 17 s instead of 26 s to compile, 136 ms instead
-of 111 ms to run). The level changes how fast the generated code runs, not what it computes (no fast-math).
+of 111 ms to run). It changes how the code is generated, not what it computes (no fast-math; at most the last
+bits of a float can differ, as between any two compilers, and every comparison in the suite has a tolerance
+or compares runs made under the same flags).
 The subprocesses the tests start inherit these flags through the environment.
 
 Why the cache: on a CPU most of the suite's time is XLA compilation, and many tests compile the same program
