@@ -35,7 +35,9 @@ class MetricsWriter:
         step = int(scalars["step"])
         for key, value in scalars.items():
             if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                self._tensorboard.add_scalar(key, value, step)
+                # TensorBoard tags have no spaces ("eval/dice/left lung"); tensorboardX would rename each
+                # such tag itself and log a line about it at every evaluation.
+                self._tensorboard.add_scalar(key.replace(" ", "_"), value, step)
 
     def close(self) -> None:
         if self.enabled:
