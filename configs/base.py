@@ -82,5 +82,6 @@ def base_config(model_size: str = "micro") -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.eval_every = 500
     c.eval_examples_per_task = 32
+    c.eval_presence_images = 0  # images asked every presence question (the AUC); 0: eval_examples_per_task
     c.beam_size = 3
     return c

@@ -153,6 +153,28 @@ def generate_reports(
                          max_report_len, beam_size)  # fmt: skip
 
 
+def select_examples(
+    eval_set: EvalSet, per_task: int | None, presence_images: int | None = None
+) -> dict[Task, list[EvalExample]]:
+    """The first `per_task` questions of each task in `eval_set`'s order, except presence: every label's
+    question about each of the first `presence_images` images (default `per_task`), since the AUC needs every
+    label's score on the same images. None: no limit."""
+    # A presence answer is one decoder step, so the AUC can afford many more images than the boxes, outlines
+    # and reports: on 64 images with ~15 positives per label its standard error is ~0.05.
+    presence_images = per_task if presence_images is None else presence_images
+    by_task: dict[Task, list[EvalExample]] = collections.defaultdict(list)
+    presence_records: set[int] = set()
+    for example in eval_set:
+        if example.task is Task.PRESENCE:
+            limit, seen = presence_images, example.ref.record in presence_records
+            if limit is None or seen or len(presence_records) < limit:
+                presence_records.add(example.ref.record)
+                by_task[example.task].append(example)
+        elif per_task is None or len(by_task[example.task]) < per_task:
+            by_task[example.task].append(example)
+    return by_task
+
+
 def evaluate(
     model: IMTCXR,
     eval_set: EvalSet,
@@ -160,21 +182,12 @@ def evaluate(
     *,
     batch_size: int = 16,
     per_task: int | None = None,
+    presence_images: int | None = None,
     beam_size: int = 1,
     max_report_len: int = 96,
 ) -> dict[str, Any]:
-    """Scores of `model` on `eval_set` (at most `per_task` examples per task), flat {name: number}."""
-    # At most `per_task` questions per task; presence questions are asked about every label, so there the
-    # limit counts images (AUC needs every label's score on the same images).
-    by_task: dict[Task, list[EvalExample]] = collections.defaultdict(list)
-    presence_records: set[int] = set()
-    for example in eval_set:
-        if example.task is Task.PRESENCE:
-            if per_task is None or example.ref.record in presence_records or len(presence_records) < per_task:
-                presence_records.add(example.ref.record)
-                by_task[example.task].append(example)
-        elif per_task is None or len(by_task[example.task]) < per_task:
-            by_task[example.task].append(example)
+    """Scores of `model` on `eval_set`, flat {name: number}, on the examples `select_examples` picks."""
+    by_task = select_examples(eval_set, per_task, presence_images)
     scores: dict[str, Any] = {}
 
     # Classification: P(yes) of presence questions -> AUC per label.
@@ -189,6 +202,7 @@ def evaluate(
         f1 = metrics.multilabel_f1(
             truth, (np.nan_to_num(score) >= 0.5).astype(int), mask=known, class_names=labels
         )
+        scores["auc_images"] = len(records)
         scores["auc_macro"] = auc.macro
         scores["f1_macro"] = f1.macro
         for label, value in zip(labels, auc.per_class, strict=True):
@@ -263,7 +277,8 @@ def evaluate_during_training(
     params, model_state = jax.device_put((state.params, state.model_state), single)
     model = nnx.merge(graphdef, params, model_state)
     return evaluate(
-        model, eval_set, tokenizer, per_task=config.eval_examples_per_task, beam_size=config.beam_size,
+        model, eval_set, tokenizer, per_task=config.eval_examples_per_task,
+        presence_images=config.get("eval_presence_images") or None, beam_size=config.beam_size,
         max_report_len=config.data.max_tgt_len,
     )  # fmt: skip
 
@@ -429,6 +444,11 @@ def cli_main(argv: list[str]) -> int:
         "--data", help="a folder in the manifest format (default: the workdir's held-out data)"
     )
     parser.add_argument("--per-task", type=int, default=64, help="examples per task (default 64)")
+    parser.add_argument(
+        "--presence-images",
+        type=int,
+        help="images asked every presence question (default: the run's eval_presence_images, else --per-task)",
+    )
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--config", help="an evaluation config (protocol suite), e.g. configs/eval_paper.py")
     parser.add_argument("--out", help="with --config: where the tables go (default: WORKDIR/eval)")
@@ -446,8 +466,9 @@ def cli_main(argv: list[str]) -> int:
     model, tokenizer, config, step = load_trained_model(args.checkpoint)
     eval_set = make_eval_examples(records, images, tokenizer, config.data)
     scores = evaluate(
-        model, eval_set, tokenizer, per_task=args.per_task, beam_size=args.beam,
-        max_report_len=config.data.max_tgt_len,
+        model, eval_set, tokenizer, per_task=args.per_task,
+        presence_images=args.presence_images or config.get("eval_presence_images") or None,
+        beam_size=args.beam, max_report_len=config.data.max_tgt_len,
     )  # fmt: skip
     print_scores(scores)
     print(json.dumps({"step": step, **scores}))

@@ -1,7 +1,11 @@
-"""The summary `imtcxr train` and `imtcxr eval` print under the scores: each headline score beside its
-yardstick, the margins computed from the scores given."""
+"""Which held-out examples are scored, and the summary `imtcxr train` and `imtcxr eval` print under the
+scores: each headline score beside its yardstick, the margins computed from the scores given."""
 
-from imtcxr_jax.evaluate import summary_lines
+from types import SimpleNamespace
+
+from imtcxr_jax.data.pipeline import EvalSet
+from imtcxr_jax.evaluate import select_examples, summary_lines
+from imtcxr_jax.tasks.common import Task
 
 
 def test_summary_lines_put_each_score_beside_its_yardstick():
@@ -27,3 +31,25 @@ def test_summary_lines_put_each_score_beside_its_yardstick():
     assert summary_lines({"auc/cardiomegaly": None, "auc/pneumothorax": 0.75, "auc_headline": None}) == [
         "presence AUC n/a (cardiomegaly n/a, pneumothorax 0.75; chance 0.50)"
     ]
+
+
+def test_select_examples_takes_every_label_of_the_first_presence_images_and_the_first_of_other_tasks():
+    # Held-out examples in EvalSet order (family, then record): 6 images x 2 labels, then 5 boxes.
+    def example(task, record):
+        return SimpleNamespace(task=task, ref=SimpleNamespace(record=record), name=(task.name, record))
+
+    presence = [example(Task.PRESENCE, record) for record in range(6) for _ in range(2)]
+    boxes = [example(Task.BOX, record) for record in range(5)]
+    eval_set = EvalSet(presence + boxes, report=None, maker=None)
+
+    def chosen(*args):
+        return {task: [e.name for e in examples] for task, examples in select_examples(*args).items()}
+
+    both_labels = [(Task.PRESENCE.name, r) for r in range(4) for _ in range(2)]
+    assert chosen(eval_set, 2, 4) == {
+        Task.PRESENCE: both_labels, Task.BOX: [(Task.BOX.name, 0), (Task.BOX.name, 1)]
+    }  # fmt: skip
+    assert chosen(eval_set, 4) == chosen(eval_set, 4, 4)  # the presence limit defaults to per_task
+    assert len(select_examples(eval_set, None)[Task.PRESENCE]) == 12
+    assert len(select_examples(eval_set, 1, None)[Task.PRESENCE]) == 2  # None: per_task's images
+    assert len(select_examples(eval_set, None, 3)[Task.BOX]) == 5

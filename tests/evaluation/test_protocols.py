@@ -392,12 +392,14 @@ def test_eval_config_end_to_end_on_phantoms(tmp_path_factory, capsys):
     assert "| Phantom (held-out) |" in text and "BLEU-4" in text and "ACC (IoU ≥ 0.5)" in text
 
     # Without --config the held-out evaluation runs as before (on the same compiled shapes).
-    assert (
-        cli_main(["--checkpoint", str(workdir), "--data", str(workdir / "data" / "train"), "--per-task", "2"])
-        == 0
-    )
+    train_data = str(workdir / "data" / "train")
+    assert cli_main(["--checkpoint", str(workdir), "--data", train_data, "--per-task", "2"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"auc_macro", "box_acc", "dice", "ce_f1", "bleu_4"} <= set(scores)
+    assert scores["auc_images"] == 2
+    more_images = ["--checkpoint", str(workdir), "--data", train_data, "--per-task=2", "--presence-images=3"]
+    assert cli_main(more_images) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["auc_images"] == 3
 
 
 def test_eval_cli_usage_errors(tmp_path, capsys):
