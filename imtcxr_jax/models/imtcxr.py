@@ -22,6 +22,7 @@ from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.models.layers import Dense, Embedding, Keys, LayerNorm, dropout, make_param, normal_init
 from imtcxr_jax.models.resnet import ResNetTrunk
 from imtcxr_jax.models.transformer import (
+    TOKEN_BUCKET_MAX_POSITION,
     DecoderLayer,
     EncoderLayer,
     attention_scaling,
@@ -289,8 +290,11 @@ class Decoder(nnx.Module):
         return split_heads(self.cross_pos_k_linear(enc.position_embeddings), self.cfg.heads)  # (B, S, H, hd)
 
     def _relative_bias(self, table: nnx.Param, query_positions: jax.Array, key_length: int) -> jax.Array:
-        buckets = jnp.asarray(token_bucket_table(self.cfg.token_bucket_size))
-        rows = jnp.take(buckets, query_positions, axis=0)[:, :key_length]  # (Tq, Tk)
+        # Only the rows and columns positions can reach (queries < max_target_positions, checked; keys <
+        # key_length), sliced in numpy: the whole (1024, 1024) table would be a 4 MB constant in every program.
+        rows_needed = min(self.cfg.max_target_positions, TOKEN_BUCKET_MAX_POSITION)
+        needed = token_bucket_table(self.cfg.token_bucket_size)[:rows_needed, :key_length]
+        rows = jnp.take(jnp.asarray(needed), query_positions, axis=0)  # (Tq, Tk)
         return jnp.transpose(jnp.take(table[...], rows, axis=0), (2, 0, 1))  # (H, Tq, Tk)
 
     def _check_length(self, length: int) -> None:
