@@ -71,7 +71,8 @@ Flag kinds:
 
 * ``review``: a finding whose confidence is below the review threshold;
 * ``report_contradicts_evidence``: the labeler reads the report as denying a finding of the evidence,
-  asserting one the evidence lacks (a label asked and found absent), or calling the study normal;
+  asserting one the evidence lacks (a label asked and found absent), or calling the study normal; or the
+  report puts a finding of the evidence on the other side only (`report_sides`);
 * ``report_contradicts_measurement``: the report on cardiomegaly disagrees with the CTR (> 0.51 or not);
 * ``measurement_contradicts_finding``: CTR > 0.51 without the cardiomegaly finding, or the reverse;
 * ``classification_disagreement``: the disease list and the presence answers name different labels;
@@ -94,6 +95,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -910,6 +912,43 @@ def _labeler(labeler: Any | None) -> Any | None:
     return labeler if labeler is not None else _default_labeler()
 
 
+_SIDE_WORDS = ("left", "right", "bilateral")
+_NEGATIONS = ("no", "not", "without", "negative", "resolved", "free")
+
+
+def report_sides(text: str, label: str) -> set[str]:
+    """The sides ("left", "right", "bilateral") the report gives `label`: in each sentence that names the
+    label's last word ("effusion" or "effusions" for "pleural effusion") with no negation before it ("No right
+    pneumothorax." gives no side), the side word nearest before the name within 3 words ("small right apical
+    pneumothorax"; both sides there: "bilateral"), else the nearest after it ("pneumothorax on the right")."""
+    sides: set[str] = set()
+    term = label.lower().split()[-1]
+    for sentence in re.split(r"[.;\n]", text.lower()):
+        words = re.findall(r"[a-z]+", sentence)
+        named = [k for k, word in enumerate(words) if word in (term, term + "s")]
+        if not named or any(word in _NEGATIONS for word in words[: named[0]]):
+            continue
+        for k in named:
+            before = [w for w in reversed(words[max(0, k - 3) : k]) if w in _SIDE_WORDS]
+            after = [w for w in words[k + 1 : k + 4] if w in _SIDE_WORDS]
+            if {"left", "right"} <= set(before):  # "left and right pneumothorax"
+                sides.add("bilateral")
+            elif before or after:
+                sides.add((before or after)[0])
+    return sides
+
+
+def _finding_side(finding: Mapping[str, Any], measurements: Mapping[str, Any]) -> str | None:
+    """ "left" or "right" from the finding's location ("left apical"), or for a pneumothorax without one the
+    side of its measured outline; None when neither says (a bilateral finding, no location)."""
+    location = (finding.get("location") or "").split()
+    if location and location[0] in ("left", "right"):
+        return location[0]
+    if finding["label"] == "pneumothorax" and not location:
+        return measurements.get("pcr_side")
+    return None
+
+
 def document_flags(
     document: Mapping[str, Any], labeler: Any | None, *, check_report: bool = True
 ) -> list[dict[str, Any]]:
@@ -970,6 +1009,16 @@ def document_flags(
     text = document.get("report")
     if not check_report or not text:
         return flags
+    for finding in findings:
+        side = _finding_side(finding, document["measurements"])
+        said = report_sides(text, finding["label"])
+        if side is not None and said and side not in said and "bilateral" not in said:
+            flag(
+                "report_contradicts_evidence",
+                f"the report puts the {finding['label']} on the {' and '.join(sorted(said))}; the evidence has "
+                f"it on the {side}",
+                label=finding["label"],
+            )
     if labeler is None:
         flag(
             "consistency_not_checked",

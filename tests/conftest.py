@@ -32,6 +32,14 @@ import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Test files with slow tests first. pytest-xdist (`--dist loadfile`) hands whole files to the workers in
+    this order, so the long files start early and the short ones fill in at the end, instead of a long file
+    starting last while the other worker has nothing left to do."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
+
+
 def pytest_sessionfinish(session, exitstatus):
     worker = hasattr(session.config, "workerinput")
     owned = os.environ.get("IMTCXR_TEST_OWNS_CACHE")

@@ -356,6 +356,47 @@ def test_flags_compare_the_report_with_the_evidence():
     ]
 
 
+@pytest.mark.parametrize(
+    "text, label, sides",
+    [
+        ("There is a small right apical pneumothorax.", "pneumothorax", {"right"}),
+        ("A pneumothorax in the right hemithorax.", "pneumothorax", {"right"}),  # the side after the name
+        ("No right pneumothorax. Small left pleural effusion.", "pneumothorax", set()),  # negated
+        ("Small left pleural effusion and right pneumothorax.", "pleural effusion", {"left"}),  # the nearest
+        ("Small left pleural effusion and right pneumothorax.", "pneumothorax", {"right"}),
+        ("Bilateral pleural effusions.", "pleural effusion", {"bilateral"}),  # a plural name
+        ("Left and right pneumothorax.", "pneumothorax", {"bilateral"}),
+        ("The heart is enlarged. Cardiomegaly.", "cardiomegaly", set()),
+    ],
+)
+def test_report_sides(text, label, sides):
+    assert workflow.report_sides(text, label) == sides
+
+
+def test_a_report_that_puts_a_finding_on_the_other_side_is_flagged():
+    def side_flags(findings, report, pcr_side=None):
+        document = {
+            "settings": {"review_threshold": 0.5},
+            "questions": [],
+            "findings": [{"label": label, "confidence": 0.9, "location": where} for label, where in findings],
+            "measurements": {"ctr": None, "pcr_side": pcr_side},
+            "report": report,
+        }
+        flags = workflow.document_flags(document, None)  # no labeler needed: a text check
+        return [f["message"] for f in flags if f["kind"] == "report_contradicts_evidence"]
+
+    # The demo's case (README): the evidence's pneumothorax is left apical, the report's on the right.
+    assert side_flags([("pneumothorax", "left apical")], "Small right apical pneumothorax.") == [
+        "the report puts the pneumothorax on the right; the evidence has it on the left"
+    ]
+    assert side_flags([("pneumothorax", "left apical")], "Large left pneumothorax.") == []
+    assert side_flags([("pneumothorax", "left")], "Left and right pneumothorax.") == []  # both sides
+    assert side_flags([("pleural effusion", "bilateral lower")], "Right pleural effusion.") == []
+    # Without a location the pneumothorax's side comes from its measured outline.
+    assert len(side_flags([("pneumothorax", None)], "Right pneumothorax.", pcr_side="left")) == 1
+    assert side_flags([("pneumothorax", None)], "Right pneumothorax.") == []
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError, match="no finding"):
         workflow.WorkflowOptions(labels=("no finding",))

@@ -103,7 +103,7 @@ def test_bad_inputs_name_the_argument():
         model(src, jnp.zeros((2, 16 * 9, 16 * 9, 3)), prev)  # micro's position tables cover 8x8 patches
 
 
-@pytest.mark.parametrize("size", ["micro", "ofa_tiny"])
+@pytest.mark.parametrize("size", ["micro", pytest.param("ofa_tiny", marks=pytest.mark.slow)])
 def test_cached_decoding_equals_teacher_forcing(size):
     cfg = get_model_config(size)
     model = create_model(cfg, seed=3)

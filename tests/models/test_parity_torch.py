@@ -55,7 +55,9 @@ def make_batch(cfg: ModelConfig, image_size: int, seed: int = 0):
     return src, images, prev
 
 
-@pytest.mark.parametrize("size, image_size", [("micro", 64), ("ofa_tiny", 96)])
+@pytest.mark.parametrize(
+    "size, image_size", [("micro", 64), pytest.param("ofa_tiny", 96, marks=pytest.mark.slow)]
+)
 def test_logits_match_the_reference(size, image_size):
     cfg = get_model_config(size)
     reference, ours = make_pair(cfg)

@@ -197,6 +197,7 @@ def _run(mesh_shape, devices, steps=2, accumulation=1, initial=None, **model_cha
     return state, losses
 
 
+@pytest.mark.slow
 def test_sharded_steps_equal_one_device():
     # One initial state for every mesh, placed onto each mesh's shardings: the steps are what is compared
     # (sharded initialisation has its own tests, in test_model.py and test_checkpoint.py), and compiling the
@@ -260,6 +261,7 @@ def test_compile_ahead_leaves_no_compilation_for_the_steps(caplog):
     assert compilations() == 0
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch():
     # Frozen BatchNorm: with batch statistics, micro-batches legitimately normalise differently (as in the
     # original, whose update_freq also splits the batch).
