@@ -497,7 +497,10 @@ def summary_lines(scores: dict[str, Any]) -> list[str]:
         if f"auc/{label}" in scores
     ]
     if "auc_headline" in scores:
-        lines.append(f"presence AUC {_two_places(scores['auc_headline'])} ({', '.join(aucs)}; chance 0.50)")
+        images = f" on {scores['auc_images']} images" if "auc_images" in scores else ""
+        lines.append(
+            f"presence AUC {_two_places(scores['auc_headline'])}{images} ({', '.join(aucs)}; chance 0.50)"
+        )
     if "box_miou" in scores:
         acc, miou = scores["box_acc"], scores["box_miou"]
         acc_0, miou_0 = scores["box_acc_mean_box"], scores["box_miou_mean_box"]

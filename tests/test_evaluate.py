@@ -27,6 +27,8 @@ def test_summary_lines_put_each_score_beside_its_yardstick():
         "report CE-F1 0.50 (BLEU-4 0.10, ROUGE-L 0.30)"
     ]
     assert summary_lines({}) == []
+    # The number of images the AUC was scored on, when given.
+    assert summary_lines({**scores, "auc_images": 320})[0].startswith("presence AUC 0.90 on 320 images (")
     # A label whose held-out examples hold one class has no AUC (None), nor then has the headline.
     assert summary_lines({"auc/cardiomegaly": None, "auc/pneumothorax": 0.75, "auc_headline": None}) == [
         "presence AUC n/a (cardiomegaly n/a, pneumothorax 0.75; chance 0.50)"
