@@ -939,14 +939,12 @@ def report_sides(text: str, label: str) -> set[str]:
 
 
 def _finding_side(finding: Mapping[str, Any], measurements: Mapping[str, Any]) -> str | None:
-    """ "left" or "right" from the finding's location ("left apical"), or for a pneumothorax without one the
-    side of its measured outline; None when neither says (a bilateral finding, no location)."""
-    location = (finding.get("location") or "").split()
-    if location and location[0] in ("left", "right"):
-        return location[0]
-    if finding["label"] == "pneumothorax" and not location:
-        return measurements.get("pcr_side")
-    return None
+    """The side of a finding, "left" or "right": its location's side word ("left apical"), else, for a
+    pneumothorax, the side of its measured outline; None for a bilateral finding or when nothing says."""
+    words = (finding.get("location") or "").split()
+    if words and words[0] in _SIDE_WORDS:
+        return None if words[0] == "bilateral" else words[0]
+    return measurements.get("pcr_side") if finding["label"] == "pneumothorax" else None
 
 
 def document_flags(
