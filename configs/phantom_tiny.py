@@ -1,4 +1,4 @@
-"""The main job: an OFA-architecture model sized for a CPU, trained on phantom radiographs (~15 min, 2 cores).
+"""The main job: an OFA-architecture model sized for a CPU, trained on phantom radiographs (12 min on 2 cores).
 
   imtcxr train --config configs/phantom_tiny.py --workdir runs/phantom_tiny
 
@@ -54,12 +54,12 @@ def get_config():
     c.data.presence_questions = "all"
     # 3,000 steps: every bar with seeds 0, 1 and 2 (~12 min on an AMD EPYC VM). With 1,800 (what fitted 15 min
     # on an Intel Xeon VM, ~0.40 s a step) seed 1 drew the left lung for the right and seed 2's presence AUC
-    # stayed at 0.77 (README, runs I and J).
+    # stayed at 0.77 (README, runs S and T).
     c.total_steps = 3000
     c.warmup_steps = 100
     c.learning_rate = 5e-4  # 1e-3 left the presence answers label-blind; 2e-3 learnt boxes but not outlines
     # The cosine ends at 30% of the peak, not 0: the presence AUC was still climbing at the last steps. Seed 0:
-    # AUC 0.84 -> 0.92 and every other score up; seed 2: boxes and reports up (README, runs H and I).
+    # AUC 0.84 -> 0.92 and every other score up; seed 2: boxes and reports up (README, runs H and S).
     c.end_learning_rate = 1.5e-4
     # An answer's first token commits to what was asked (which lung, yes or no); at weight 1 a 1,600-step run
     # drew the same lung whichever was asked for (README, "What it gives today").
