@@ -72,7 +72,7 @@ Flag kinds:
 * ``review``: a finding whose confidence is below the review threshold;
 * ``report_contradicts_evidence``: the labeler reads the report as denying a finding of the evidence,
   asserting one the evidence lacks (a label asked and found absent), or calling the study normal; or the
-  report puts a finding of the evidence on the other side only (`report_sides`);
+  report puts a finding of the evidence on the other side, alone or beside its own (`report_sides`);
 * ``report_contradicts_measurement``: the report on cardiomegaly disagrees with the CTR (> 0.51 or not);
 * ``measurement_contradicts_finding``: CTR > 0.51 without the cardiomegaly finding, or the reverse;
 * ``classification_disagreement``: the disease list and the presence answers name different labels;
@@ -1010,7 +1010,9 @@ def document_flags(
     for finding in findings:
         side = _finding_side(finding, document["measurements"])
         said = report_sides(text, finding["label"])
-        if side is not None and said and side not in said and "bilateral" not in said:
+        # The other side named anywhere: a report that says both (findings "right", impression "left") needs
+        # review as much as one that says only the wrong side. "Bilateral" is left alone (not a side).
+        if side is not None and "bilateral" not in said and ({"left", "right"} - {side}) & said:
             flag(
                 "report_contradicts_evidence",
                 f"the report puts the {finding['label']} on the {' and '.join(sorted(said))}; the evidence has "

@@ -390,6 +390,10 @@ def test_a_report_that_puts_a_finding_on_the_other_side_is_flagged():
         "the report puts the pneumothorax on the right; the evidence has it on the left"
     ]
     assert side_flags([("pneumothorax", "left apical")], "Large left pneumothorax.") == []
+    # Both sides in one report (the findings say one, the impression the other): flagged too.
+    assert side_flags(
+        [("pneumothorax", "left apical")], "A right apical pneumothorax. IMPRESSION: Large left pneumothorax."
+    ) == ["the report puts the pneumothorax on the left and right; the evidence has it on the left"]
     assert side_flags([("pneumothorax", "left")], "Left and right pneumothorax.") == []  # both sides
     assert side_flags([("pleural effusion", "bilateral lower")], "Right pleural effusion.") == []
     # Without a location the pneumothorax's side comes from its measured outline.
