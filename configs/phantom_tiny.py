@@ -58,8 +58,9 @@ def get_config():
     c.total_steps = 3000
     c.warmup_steps = 100
     c.learning_rate = 5e-4  # 1e-3 left the presence answers label-blind; 2e-3 learnt boxes but not outlines
-    # The cosine ends at 30% of the peak, not 0: the presence AUC was still climbing at the last steps. Seed 0:
-    # AUC 0.84 -> 0.92 and every other score up; seed 2: boxes and reports up (README, runs H and S).
+    # The cosine ends at 30% of the peak, not 0: the presence AUC was still climbing at the last steps. In runs
+    # of 1,800 steps, seed 0: AUC 0.84 -> 0.92 and every other score up; seed 2: boxes and reports up (README,
+    # runs H and S).
     c.end_learning_rate = 1.5e-4
     # An answer's first token commits to what was asked (which lung, yes or no); at weight 1 a 1,600-step run
     # drew the same lung whichever was asked for (README, "What it gives today").
