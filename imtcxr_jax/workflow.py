@@ -777,12 +777,18 @@ def measure(document: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _location_side(location: str | None) -> str | None:
+    """The side a location answer starts with, "right" or "left" ("left apical"); else None (bilateral, a
+    zone alone, no location)."""
+    first = (location or "").split()[:1]
+    return first[0] if first and first[0] in ("right", "left") else None
+
+
 def _pneumothorax_side(document: Mapping[str, Any], polygons: Mapping[str, np.ndarray]) -> str:
     location = next((f["location"] for f in document["findings"] if f["label"] == PNEUMOTHORAX), None)
-    if location:
-        side = location.split()[0]
-        if side in ("right", "left"):
-            return side
+    side = _location_side(location)
+    if side is not None:
+        return side
     centre = polygons[PNEUMOTHORAX][:, 0].mean()
     distance = {
         side: abs(polygons[f"{side} lung"][:, 0].mean() - centre)
@@ -912,7 +918,6 @@ def _labeler(labeler: Any | None) -> Any | None:
     return labeler if labeler is not None else _default_labeler()
 
 
-_SIDE_WORDS = ("left", "right", "bilateral")
 _NEGATIONS = ("no", "not", "without", "negative", "resolved", "free")
 
 
@@ -929,8 +934,8 @@ def report_sides(text: str, label: str) -> set[str]:
         if not named or any(word in _NEGATIONS for word in words[: named[0]]):
             continue
         for k in named:
-            before = [w for w in reversed(words[max(0, k - 3) : k]) if w in _SIDE_WORDS]
-            after = [w for w in words[k + 1 : k + 4] if w in _SIDE_WORDS]
+            before = [w for w in reversed(words[max(0, k - 3) : k]) if w in classification.SIDES]
+            after = [w for w in words[k + 1 : k + 4] if w in classification.SIDES]
             if {"left", "right"} <= set(before):  # "left and right pneumothorax"
                 sides.add("bilateral")
             elif before or after:
@@ -941,10 +946,11 @@ def report_sides(text: str, label: str) -> set[str]:
 def _finding_side(finding: Mapping[str, Any], measurements: Mapping[str, Any]) -> str | None:
     """The side of a finding, "left" or "right": its location's side word ("left apical"), else, for a
     pneumothorax, the side of its measured outline; None for a bilateral finding or when nothing says."""
-    words = (finding.get("location") or "").split()
-    if words and words[0] in _SIDE_WORDS:
-        return None if words[0] == "bilateral" else words[0]
-    return measurements.get("pcr_side") if finding["label"] == "pneumothorax" else None
+    location = finding.get("location") or ""
+    side = _location_side(location)
+    if side is not None or location.startswith("bilateral"):
+        return side
+    return measurements.get("pcr_side") if finding["label"] == PNEUMOTHORAX else None
 
 
 def document_flags(
