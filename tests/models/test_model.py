@@ -10,7 +10,7 @@ from flax import nnx
 from imtcxr_jax.models.cli import cli_main, model_info
 from imtcxr_jax.models.config import EXPECTED_PARAMETER_COUNTS, ModelConfig, get_model_config
 from imtcxr_jax.models.imtcxr import IMTCXR, create_model
-from imtcxr_jax.models.layers import Keys, dropout
+from imtcxr_jax.models.layers import Keys, dropout, layer_norm
 from imtcxr_jax.models.resnet import BatchNorm, batch_norm_train, max_pool_3x3_stride_2
 from imtcxr_jax.models.transformer import EncoderLayer, add_shared_bias
 from imtcxr_jax.sharding import create_sharded, make_mesh
@@ -227,6 +227,38 @@ def test_batchnorm_train_gradient_matches_torch_and_the_plain_formula():
     )
     expected = jax.vjp(plain, flat, jnp.asarray(weight), jnp.asarray(bias))[1](cotangents)
     for got, want in zip(backward(cotangents), expected, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_gradient_matches_torch_and_the_plain_formula():
+    # The closed-form backward pass (its input gradient behind an optimisation barrier) against torch's
+    # autograd of layer_norm and JAX's autodiff of the formula, over a (batch, tokens, features) input whose
+    # rows have very different means and scales.
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3, 7, 16)) * rng.uniform(0.1, 5, (3, 7, 1)) + rng.normal(0, 3, (3, 7, 1))).astype(
+        np.float32
+    )
+    weight, bias = rng.normal(1, 0.3, 16).astype(np.float32), rng.normal(0, 0.3, 16).astype(np.float32)
+    grad_y = rng.standard_normal(x.shape).astype(np.float32)
+    eps = 1e-5
+    args = (jnp.asarray(x), jnp.asarray(weight), jnp.asarray(bias))
+    y, backward = jax.vjp(lambda a, s, b: layer_norm(a, s, b, eps), *args)
+    grads = backward(jnp.asarray(grad_y))
+
+    tx, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, weight, bias))
+    ty = torch.nn.functional.layer_norm(tx, (16,), tw, tb, eps=eps)
+    ty.backward(torch.from_numpy(grad_y))
+    np.testing.assert_allclose(np.asarray(y), ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, (tx.grad, tw.grad, tb.grad), strict=True):
+        np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=1e-4, atol=1e-5)
+
+    def plain(a, s, b):
+        mean = jnp.mean(a, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(a - mean), axis=-1, keepdims=True)
+        return (a - mean) * jax.lax.rsqrt(var + eps) * s + b
+
+    expected = jax.vjp(plain, *args)[1](jnp.asarray(grad_y))
+    for got, want in zip(jax.jit(backward)(jnp.asarray(grad_y)), expected, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
 
 
