@@ -9,9 +9,8 @@ sharded creation happens by jitting the constructor with `out_shardings` compute
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

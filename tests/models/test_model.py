@@ -235,9 +235,9 @@ def test_layer_norm_gradient_matches_torch_and_the_plain_formula():
     # autograd of layer_norm and JAX's autodiff of the formula, over a (batch, tokens, features) input whose
     # rows have very different means and scales.
     rng = np.random.default_rng(2)
-    x = (rng.standard_normal((3, 7, 16)) * rng.uniform(0.1, 5, (3, 7, 1)) + rng.normal(0, 3, (3, 7, 1))).astype(
-        np.float32
-    )
+    x = (
+        rng.standard_normal((3, 7, 16)) * rng.uniform(0.1, 5, (3, 7, 1)) + rng.normal(0, 3, (3, 7, 1))
+    ).astype(np.float32)
     weight, bias = rng.normal(1, 0.3, 16).astype(np.float32), rng.normal(0, 0.3, 16).astype(np.float32)
     grad_y = rng.standard_normal(x.shape).astype(np.float32)
     eps = 1e-5
