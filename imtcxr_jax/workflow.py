@@ -72,7 +72,8 @@ Flag kinds:
 * ``review``: a finding whose confidence is below the review threshold;
 * ``report_contradicts_evidence``: the labeler reads the report as denying a finding of the evidence,
   asserting one the evidence lacks (a label asked and found absent), or calling the study normal; or the
-  report puts a finding of the evidence on the other side, alone or beside its own (`report_sides`);
+  report puts a finding of the evidence on the other side, alone or beside its own (`report_sides`), or
+  grades it otherwise than the evidence's severity (`report_severities`: "large" for a moderate one);
 * ``report_contradicts_measurement``: the report on cardiomegaly disagrees with the CTR (> 0.51 or not);
 * ``measurement_contradicts_finding``: CTR > 0.51 without the cardiomegaly finding, or the reverse;
 * ``classification_disagreement``: the disease list and the presence answers name different labels;
@@ -96,7 +97,7 @@ import functools
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -921,26 +922,52 @@ def _labeler(labeler: Any | None) -> Any | None:
 _NEGATIONS = ("no", "not", "without", "negative", "resolved", "free")
 
 
-def report_sides(text: str, label: str) -> set[str]:
-    """The sides ("left", "right", "bilateral") the report gives `label`: in each sentence that names the
-    label's last word ("effusion" or "effusions" for "pleural effusion") with no negation before it ("No right
-    pneumothorax." gives no side), the side word nearest before the name within 3 words ("small right apical
-    pneumothorax"; both sides there: "bilateral"), else the nearest after it ("pneumothorax on the right")."""
-    sides: set[str] = set()
+def _affirmative_mentions(text: str, label: str) -> Iterator[tuple[list[str], int]]:
+    """(the sentence's words, the index of the name) for each mention of `label`'s last word ("effusion" or
+    "effusions" for "pleural effusion") in each sentence of the report with no negation before its first
+    mention ("No right pneumothorax." mentions none)."""
     term = label.lower().split()[-1]
     for sentence in re.split(r"[.;\n]", text.lower()):
         words = re.findall(r"[a-z]+", sentence)
         named = [k for k, word in enumerate(words) if word in (term, term + "s")]
-        if not named or any(word in _NEGATIONS for word in words[: named[0]]):
-            continue
-        for k in named:
-            before = [w for w in reversed(words[max(0, k - 3) : k]) if w in classification.SIDES]
-            after = [w for w in words[k + 1 : k + 4] if w in classification.SIDES]
-            if {"left", "right"} <= set(before):  # "left and right pneumothorax"
-                sides.add("bilateral")
-            elif before or after:
-                sides.add((before or after)[0])
+        if named and not any(word in _NEGATIONS for word in words[: named[0]]):
+            yield from ((words, k) for k in named)
+
+
+def report_sides(text: str, label: str) -> set[str]:
+    """The sides ("left", "right", "bilateral") the report gives `label`: at each affirmative mention
+    (`_affirmative_mentions`) the side word nearest before the name within 3 words ("small right apical
+    pneumothorax"; both sides there: "bilateral"), else the nearest after it ("pneumothorax on the right")."""
+    sides: set[str] = set()
+    for words, k in _affirmative_mentions(text, label):
+        before = [w for w in reversed(words[max(0, k - 3) : k]) if w in classification.SIDES]
+        after = [w for w in words[k + 1 : k + 4] if w in classification.SIDES]
+        if {"left", "right"} <= set(before):  # "left and right pneumothorax"
+            sides.add("bilateral")
+        elif before or after:
+            sides.add((before or after)[0])
     return sides
+
+
+# A report's size and severity words and the grade of `classification.SEVERITIES` each stands for: radiologists
+# grade air and fluid small / moderate / large and most else mild / moderate / severe.
+SEVERITY_GRADES = {
+    "minimal": "mild", "trace": "mild", "tiny": "mild", "small": "mild", "mild": "mild",
+    "moderate": "moderate",
+    "large": "severe", "severe": "severe", "marked": "severe", "extensive": "severe", "massive": "severe",
+}  # fmt: skip
+
+
+def report_severities(text: str, label: str) -> dict[str, str]:
+    """The severity words the report gives `label`, each with its grade (`SEVERITY_GRADES`): at each
+    affirmative mention (`_affirmative_mentions`) the nearest such word before the name within 4 words
+    ("large left apical pneumothorax" -> {"large": "severe"})."""
+    found: dict[str, str] = {}
+    for words, k in _affirmative_mentions(text, label):
+        graded = [w for w in reversed(words[max(0, k - 4) : k]) if w in SEVERITY_GRADES]
+        if graded:
+            found[graded[0]] = SEVERITY_GRADES[graded[0]]
+    return found
 
 
 def _finding_side(finding: Mapping[str, Any], measurements: Mapping[str, Any]) -> str | None:
@@ -1023,6 +1050,17 @@ def document_flags(
                 "report_contradicts_evidence",
                 f"the report puts the {finding['label']} on the {' and '.join(sorted(said))}; the evidence has "
                 f"it on the {side}",
+                label=finding["label"],
+            )
+        # Any other grade named, alone or beside the evidence's own ("large" in the findings, "small" in the
+        # impression, for a moderate pneumothorax).
+        severity = finding.get("severity")
+        graded = report_severities(text, finding["label"])
+        if severity in classification.SEVERITIES and set(graded.values()) - {severity}:
+            flag(
+                "report_contradicts_evidence",
+                f"the report calls the {finding['label']} {' and '.join(sorted(graded))}; the evidence grades it "
+                f"{severity}",
                 label=finding["label"],
             )
     if labeler is None:

@@ -401,6 +401,51 @@ def test_a_report_that_puts_a_finding_on_the_other_side_is_flagged():
     assert side_flags([("pneumothorax", None)], "Right pneumothorax.") == []
 
 
+@pytest.mark.parametrize(
+    "text, label, words",
+    [
+        ("There is a large left apical pneumothorax.", "pneumothorax", {"large": "severe"}),
+        ("Moderate bilateral pleural effusions.", "pleural effusion", {"moderate": "moderate"}),
+        ("Mild cardiomegaly. No pleural effusion.", "cardiomegaly", {"mild": "mild"}),
+        ("No large pneumothorax.", "pneumothorax", {}),  # negated
+        ("A large mass and a left pneumothorax.", "pneumothorax", {}),  # "large" is 5 words before
+        ("The demo's: a large left apical pneumothorax. IMPRESSION: Small left pneumothorax.", "pneumothorax",
+         {"large": "severe", "small": "mild"}),
+    ],
+)  # fmt: skip
+def test_report_severities(text, label, words):
+    assert workflow.report_severities(text, label) == words
+
+
+def test_a_report_that_grades_a_finding_otherwise_is_flagged():
+    def severity_flags(severity, report):
+        document = {
+            "settings": {"review_threshold": 0.5},
+            "questions": [],
+            "findings": [
+                {"label": "pneumothorax", "confidence": 0.9, "location": "left", "severity": severity}
+            ],
+            "measurements": {"ctr": None},
+            "report": report,
+        }
+        flags = workflow.document_flags(document, None)  # no labeler needed: a text check
+        return [f["message"] for f in flags if f["kind"] == "report_contradicts_evidence"]
+
+    # The demo's document (README): a moderate pneumothorax, "large" in the findings and "small" in the
+    # impression.
+    demo = "There is a large left apical pneumothorax. IMPRESSION: Small left pneumothorax."
+    assert severity_flags("moderate", demo) == [
+        "the report calls the pneumothorax large and small; the evidence grades it moderate"
+    ]
+    assert severity_flags("severe", demo) == [
+        "the report calls the pneumothorax large and small; the evidence grades it severe"
+    ]
+    assert severity_flags("severe", "A large left pneumothorax.") == []
+    assert severity_flags("moderate", "A moderate left pneumothorax.") == []
+    assert severity_flags(None, demo) == []  # no severity in the evidence: nothing to compare
+    assert severity_flags("moderate", "A left pneumothorax.") == []  # no grade in the report
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError, match="no finding"):
         workflow.WorkflowOptions(labels=("no finding",))
