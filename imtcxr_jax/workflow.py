@@ -1053,10 +1053,15 @@ def document_flags(
                 label=finding["label"],
             )
         # Any other grade named, alone or beside the evidence's own ("large" in the findings, "small" in the
-        # impression, for a moderate pneumothorax).
+        # impression, for a moderate pneumothorax). Not for nodules and masses: reports give their size in cm,
+        # and "large" there describes the lesion against others, not a grade.
         severity = finding.get("severity")
         graded = report_severities(text, finding["label"])
-        if severity in classification.SEVERITIES and set(graded.values()) - {severity}:
+        if (
+            finding["label"] not in ("nodule", "mass")
+            and severity in classification.SEVERITIES
+            and (set(graded.values()) - {severity})
+        ):
             flag(
                 "report_contradicts_evidence",
                 f"the report calls the {finding['label']} {' and '.join(sorted(graded))}; the evidence grades it "

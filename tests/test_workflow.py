@@ -444,6 +444,17 @@ def test_a_report_that_grades_a_finding_otherwise_is_flagged():
     assert severity_flags("moderate", "A moderate left pneumothorax.") == []
     assert severity_flags(None, demo) == []  # no severity in the evidence: nothing to compare
     assert severity_flags("moderate", "A left pneumothorax.") == []  # no grade in the report
+    # A mass is sized in cm, not graded: "large" is not read against its severity.
+    document = {
+        "settings": {"review_threshold": 0.5},
+        "questions": [],
+        "findings": [{"label": "mass", "confidence": 0.9, "location": "left", "severity": "moderate"}],
+        "measurements": {"ctr": None},
+        "report": "A large left upper zone mass measuring 5 cm.",
+    }
+    assert not [
+        f for f in workflow.document_flags(document, None) if f["kind"] == "report_contradicts_evidence"
+    ]
 
 
 def test_options_are_validated():
