@@ -52,7 +52,7 @@ def get_config():
     # Every image asked about every finding: with only its own labels and as many absent ones sampled, the
     # model answered "is there any finding?" whatever the label (a presence probe: mean AUC 0.70 -> 0.75).
     c.data.presence_questions = "all"
-    # 2,800 steps: every bar with seeds 0, 1 and 2 (README, runs V), ~14.8 min on session 12's Intel Xeon VM.
+    # 2,800 steps: every bar with seeds 0, 1 and 2 (README, runs V), 14.7 min on session 12's Intel Xeon VM.
     # With 1,800 seed 1 drew the left lung for the right and seed 2's presence AUC stayed at 0.77 (runs S);
     # seed 2's was 0.71 at step 2,000 of runs V.
     c.total_steps = 2800
