@@ -152,11 +152,10 @@ def main(argv: list[str]) -> int:
     import jax
 
     from imtcxr_jax.sharding import make_mesh
-    from imtcxr_jax.tasks.common import parse_families
     from imtcxr_jax.train import loop
     from imtcxr_jax.train.experiment import config_from_json
     from imtcxr_jax.train.optimizer import make_optimizer
-    from imtcxr_jax.train.partition import batch_sharding, init_sharded_state, jit_train_step
+    from imtcxr_jax.train.partition import batch_sharding, init_sharded_state
 
     config = config_from_json((args.workdir / "config.json").read_text())
     batches, tokenizer = _batches_by_family(config, args.workdir, args.families)
@@ -165,12 +164,7 @@ def main(argv: list[str]) -> int:
     graphdef, state, shardings, _ = init_sharded_state(
         loop.model_config(config, tokenizer), optimizer, mesh, config.seed
     )
-    step_fn = jit_train_step(
-        graphdef, optimizer, shardings, mesh,
-        label_smoothing=config.label_smoothing, bin_sigma=config.bin_sigma,
-        first_token_weight=config.first_token_weight, first_tokens=config.first_tokens,
-        first_token_families=parse_families(config.first_token_families, "config.first_token_families"),
-    )  # fmt: skip
+    step_fn = loop.config_train_step(config, graphdef, optimizer, shardings, mesh)
     sharding = batch_sharding(mesh)
     on_device = {f: {k: jax.device_put(v, sharding) for k, v in b.items()} for f, b in batches.items()}
 

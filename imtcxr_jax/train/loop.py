@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
 from imtcxr_jax.data.pipeline import build_tokenizer, make_eval_examples, make_train_dataset
@@ -273,6 +273,18 @@ def model_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Mod
     return ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": tokenizer.vocab_size})
 
 
+def config_train_step(config: ml_collections.ConfigDict, graphdef, optimizer, shardings, mesh: Mesh) -> Any:
+    """`jit_train_step` with the run config's accumulation and loss options (the loop's step; tools that time
+    a run's step build it here too, so that they run the same program)."""
+    return jit_train_step(
+        graphdef, optimizer, shardings, mesh,
+        accumulation_steps=config.accumulation_steps, label_smoothing=config.label_smoothing,
+        bin_sigma=config.bin_sigma, first_token_weight=config.first_token_weight,
+        first_tokens=config.first_tokens,
+        first_token_families=parse_families(config.first_token_families, "config.first_token_families"),
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
@@ -309,13 +321,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, evaluate_fn
     graphdef, state, shardings, replicated = init_sharded_state(cfg, optimizer, mesh, config.seed)
     for note in replicated:
         log.info("sharding: %s", note)
-    step_fn = jit_train_step(
-        graphdef, optimizer, shardings, mesh,
-        accumulation_steps=config.accumulation_steps, label_smoothing=config.label_smoothing,
-        bin_sigma=config.bin_sigma, first_token_weight=config.first_token_weight,
-        first_tokens=config.first_tokens,
-        first_token_families=parse_families(config.first_token_families, "config.first_token_families"),
-    )  # fmt: skip
+    step_fn = config_train_step(config, graphdef, optimizer, shardings, mesh)
 
     dataset = make_train_dataset(
         train_records, train_images, tokenizer, config.data, seed=config.seed,
