@@ -54,8 +54,11 @@ def test_traced_time_is_summed_per_source_line(tmp_path, capsys):
     assert re.search(r"1\.0 ms  20\.0%  \(no stack frame\)", out), out
 
 
-def test_a_profile_needs_one_family(capsys):
+def test_a_profile_needs_one_family_and_a_round(capsys):
     with pytest.raises(SystemExit):
         _parse_args(["--workdir", "w", "--profile"])
     assert "--profile needs one family" in capsys.readouterr().err
     assert _parse_args(["--workdir", "w", "--profile", "--families", "report"]).families == ["report"]
+    with pytest.raises(SystemExit):
+        _parse_args(["--workdir", "w", "--rounds", "0"])
+    assert "--rounds: expected at least 1" in capsys.readouterr().err
