@@ -29,6 +29,7 @@ from imtcxr_jax.models.transformer import (
     heads_first,
     image_grid_buckets,
     image_position_ids,
+    keys_last,
     split_heads,
     token_bucket_table,
 )
@@ -54,13 +55,16 @@ class DecoderCache:
 
     Keys and values are stored head-major, (B, H, T, hd): a step's attention is then a dot batched over
     (B, H) that reads them in place. In the (B, T, H, hd) layout of the projections, XLA transposes the whole
-    cache for every layer at every step (on a CPU ~10x the cost of the attention itself)."""
+    cache for every layer at every step (on a CPU ~10x the cost of the attention itself). The encoder-side
+    keys, written once, are stored transposed, (B, H, hd, S): the query-key product is then a plain matrix
+    product per (B, H), which XLA CPU runs ~2x faster than the one that contracts both operands' last axes
+    (0.49 vs 1.18 ms per layer and step for ofa_tiny at batch 32 x beam 6)."""
 
     self_keys: tuple[jax.Array, ...]  # per layer (B, H, Tmax, hd)
     self_values: tuple[jax.Array, ...]
-    cross_keys: tuple[jax.Array, ...]  # per layer (B, H, S, hd), projected once from the encoder output
-    cross_values: tuple[jax.Array, ...]
-    cross_position_keys: jax.Array  # (B, H, S, hd) projected encoder position vectors
+    cross_keys: tuple[jax.Array, ...]  # per layer (B, H, hd, S), projected once from the encoder output
+    cross_values: tuple[jax.Array, ...]  # per layer (B, H, S, hd)
+    cross_position_keys: jax.Array  # (B, H, hd, S) projected encoder position vectors
     encoder_padding_mask: jax.Array  # (B, S)
     index: jax.Array  # () int32
 
@@ -342,9 +346,9 @@ class Decoder(nnx.Module):
         return DecoderCache(
             self_keys=tuple(empty for _ in self.layers),
             self_values=tuple(empty for _ in self.layers),
-            cross_keys=tuple(heads_first(k) for k, _ in cross),
+            cross_keys=tuple(keys_last(k) for k, _ in cross),
             cross_values=tuple(heads_first(v) for _, v in cross),
-            cross_position_keys=heads_first(self._cross_position_keys(enc)),
+            cross_position_keys=keys_last(self._cross_position_keys(enc)),
             encoder_padding_mask=enc.padding_mask,
             index=jnp.zeros((), jnp.int32),
         )
@@ -366,7 +370,11 @@ class Decoder(nnx.Module):
         self_q, cross_q = self._position_queries(positions)
         # The position keys depend on positions only: projected here, once for every row (cheap: Tmax x D).
         self_abs = jnp.einsum("qhd,khd->hqk", self_q, self._self_position_keys(max_length))[None]
-        cross_bias = jnp.einsum("qhd,bhkd->bhqk", cross_q, cache.cross_position_keys)
+        # The queries broadcast over the batch: a product batched over (B, H) reads the keys in place, where
+        # XLA CPU transposes all of them for one batched over H alone (0.37 vs 1.07 ms for ofa_tiny at batch 32).
+        heads_q = jnp.swapaxes(cross_q, 0, 1)  # (H, Tq, hd)
+        batch_q = jnp.broadcast_to(heads_q, (cache.cross_position_keys.shape[0], *heads_q.shape))
+        cross_bias = jnp.einsum("bhqd,bhdk->bhqk", batch_q, cache.cross_position_keys)
         if group > 1:  # the g rows of a group are query positions of one cross-attention row
             cross_bias = jnp.tile(cross_bias, (1, 1, group, 1))
         self_mask = (jnp.arange(max_length)[None, :] > positions[:, None])[None, None]

@@ -84,6 +84,11 @@ def heads_first(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 1, 2)
 
 
+def keys_last(x: jax.Array) -> jax.Array:
+    """(B, S, H, hd) -> (B, H, hd, S), the layout of the decoder cache's encoder-side keys (`DecoderCache`)."""
+    return jnp.transpose(x, (0, 2, 3, 1))
+
+
 def attention_scaling(cfg: ModelConfig) -> float:
     """s = (hd * attn_scale_factor)^-1/2, used for content and position queries alike (spec §5)."""
     return (cfg.head_dim * cfg.attn_scale_factor) ** -0.5
@@ -123,12 +128,16 @@ def dot_product_attention(
     deterministic: bool = True,
     rngs: nnx.Rngs | None = None,
     kv_heads_first: bool = False,
+    keys_last: bool = False,
 ) -> jax.Array:
     """q (B, Tq, H, hd) already scaled, k/v (B, Tk, H, hd) or, with `kv_heads_first`, (B, H, Tk, hd) (the
-    decoder cache), bias (B|1, H, Tq, Tk) float, mask broadcastable to (B, H, Tq, Tk) with True = may not
-    attend. Returns (B, Tq, H, hd)."""
+    decoder cache), and with `keys_last` too, k (B, H, hd, Tk) (the decoder's cross-attention keys), bias
+    (B|1, H, Tq, Tk) float, mask broadcastable to (B, H, Tq, Tk) with True = may not attend. Returns
+    (B, Tq, H, hd)."""
+    if keys_last and not kv_heads_first:
+        raise ValueError("keys_last: only with kv_heads_first (the decoder cache's layouts)")
     kv = "bhkd" if kv_heads_first else "bkhd"
-    logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k).astype(jnp.float32)
+    logits = jnp.einsum(f"bqhd,{'bhdk' if keys_last else kv}->bhqk", q, k).astype(jnp.float32)
     if bias.shape[0] == 1:
         logits = add_shared_bias(logits, bias.astype(jnp.float32))
     else:
@@ -175,12 +184,13 @@ class Attention(nnx.Module):
         train: bool,
         rngs: nnx.Rngs | None,
         kv_heads_first: bool = False,
+        keys_last: bool = False,
     ) -> jax.Array:
-        """Attention over projected q/k/v (k/v head-major with `kv_heads_first`), then the per-head scale and
+        """Attention over projected q/k/v (layouts as `dot_product_attention`), then the per-head scale and
         out_proj. Returns (B, Tq, D)."""
         o = dot_product_attention(
             q, k, v, bias, mask, dropout_rate=self.attention_dropout, deterministic=not train, rngs=rngs,
-            kv_heads_first=kv_heads_first,
+            kv_heads_first=kv_heads_first, keys_last=keys_last,
         )  # fmt: skip
         o = o * self.c_attn[...].astype(o.dtype)[:, None]
         return self.out_proj(o.reshape(*o.shape[:-2], -1))
@@ -273,10 +283,11 @@ class DecoderLayer(nnx.Module):
         """x (B, T, D). Without a cache (`self_kv` None) keys/values come from x itself (teacher forcing) and
         `cross_kv` is (B, S, H, hd). With one (decoding), every key/value array is head-major: this step's
         keys/values are written into `self_kv` (B, H, Tmax, hd) at `cache_index`, the queries attend over
-        the whole cache (the mask hides the unwritten future), and `cross_kv` is (B, H, S, hd). Returns the
-        new x and the self-attention keys/values (the updated cache). cross_group g > 1: x holds g consecutive
-        rows per row of `cross_kv` (the hypotheses of one sentence in beam search); their queries attend to
-        that row's keys together (the rows become query positions), instead of g tiled copies of the keys."""
+        the whole cache (the mask hides the unwritten future), and `cross_kv` is keys (B, H, hd, S) and values
+        (B, H, S, hd) (`DecoderCache`). Returns the new x and the self-attention keys/values (the updated
+        cache). cross_group g > 1: x holds g consecutive rows per row of `cross_kv` (the hypotheses of one
+        sentence in beam search); their queries attend to that row's keys together (the rows become query
+        positions), instead of g tiled copies of the keys."""
         cached = self_kv is not None
         y = self.self_attn_layer_norm(x)
         k, v = self.self_attn.project_key_value(y)
@@ -296,7 +307,14 @@ class DecoderLayer(nnx.Module):
         if cross_group > 1:
             q = q.reshape(rows // cross_group, cross_group * length, *q.shape[2:])
         y = self.encoder_attn.attend(
-            q, *cross_kv, cross_bias, cross_mask, train=train, rngs=rngs, kv_heads_first=cached
+            q,
+            *cross_kv,
+            cross_bias,
+            cross_mask,
+            train=train,
+            rngs=rngs,
+            kv_heads_first=cached,
+            keys_last=cached,
         )
         y = y.reshape(rows, length, y.shape[-1])
         x = x + _close_branch(self, self.cross_attn_ln(y), train, rngs)
