@@ -272,15 +272,17 @@ def test_decode_batch_encodes_then_searches_and_settings_do_not_recompile():
     np.testing.assert_allclose(batched.scores, direct.scores, rtol=1e-6)
 
 
-@pytest.mark.parametrize("beam, seed", [(1, 9), (3, 6)])  # inputs whose answers all end before max_len
-def test_the_loop_stops_as_soon_as_every_sentence_is_finished(beam, seed):
+# Inputs whose answers all end before max_len: after 7 steps (odd) and after 12 (even), since the loop runs
+# two steps per iteration and must report the step that ended the search.
+@pytest.mark.parametrize("beam, seed, steps", [(1, 9, 7), (3, 6, 12)])
+def test_the_loop_stops_as_soon_as_every_sentence_is_finished(beam, seed, steps):
     model = random_model("micro")
     src, images = random_inputs(model.cfg.vocab_size, BATCH, seed=seed)
     result = beam_search(model, encode(model, src, images), beam_size=beam, max_len=MAX_LEN)
     assert result.tokens.shape == (BATCH, beam, MAX_LEN + 1)
     assert np.all(np.asarray(result.finished))
     # Step t finalises answers of t + 1 tokens, so the last answer's length is the number of steps run.
-    assert int(result.steps) == int(result.lengths.max()) < MAX_LEN + 1
+    assert int(result.steps) == int(result.lengths.max()) == steps < MAX_LEN + 1
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 6])
