@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from imtcxr_jax.analyze import cli_main as analyze_main
+from imtcxr_jax.cli import configure_compilation_cache
 
 
 def first_phantom_with_a_finding(manifest: Path) -> dict:
@@ -76,6 +77,7 @@ def main(argv: list[str]) -> int:
         return 2
     image = held_out / truth["image"]
     out = args.out or args.workdir / "analysis"
+    configure_compilation_cache()  # as `imtcxr analyze` does
     code = analyze_main([str(image), "--checkpoint", str(args.workdir), "--out", str(out)])
     if code != 0:
         return code
