@@ -73,11 +73,19 @@ import numpy as np
 from flax import nnx, struct
 
 from imtcxr_jax.decoding.constraints import Constraint
+from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.models.imtcxr import DecoderCache, EncoderOutput
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3  # spec §9.3 / §16 item 12
 NEG_INF = -jnp.inf
 NGRAM_BOUND = 4  # no_repeat_ngram_size 0..4 are traced values of one compiled search
+
+# A beam step writes the reordered self-attention cache to new buffers, and XLA then copies them back into
+# the while loop's state. Two steps per loop iteration spare every other copy (ofa_tiny's reports at batch 32
+# x beam 6, a 151 MB cache: ~9 ms of ~100 per step on a 2-core CPU), but the larger loop body takes longer to
+# compile (a cold one-image analysis of the demo: 30 s instead of 23 s with every search unrolled). So the
+# search unrolls from this cache size on (`beam_search(steps_per_iteration=None)`).
+UNROLL_FROM_CACHE_BYTES = 64 * 2**20
 
 # Decoder-cache fields that hold the same value for every hypothesis of a sentence (they derive from the
 # encoder output), so reordering beams within a sentence leaves them unchanged. They hold one row per sentence,
@@ -131,6 +139,7 @@ def beam_search(
     normalize_over: str = "vocabulary",
     project_allowed: bool = False,
     split: tuple[nnx.GraphDef, nnx.State] | None = None,
+    steps_per_iteration: int | None = None,
 ) -> BeamResult:
     """Beam search over `model.decode_step` from BOS for every sentence of `enc` (B sentences).
 
@@ -141,9 +150,17 @@ def beam_search(
     choose how a constrained step is normalised and whether only the allowed rows of the output projection
     are computed (module docstring). split: `nnx.split(model)` when the caller holds it already (splitting
     walks the whole module graph: ~20-40 ms per call for ofa_tiny on a CPU, more than a short search).
+    steps_per_iteration: beam steps per iteration of the search loop, 1 or 2 (the same results); None: 2 when
+    the self-attention cache holds at least UNROLL_FROM_CACHE_BYTES, else 1.
     """
     vocab_size = model.cfg.vocab_size
     _check_arguments(model, beam_size, max_len, min_len, no_repeat_ngram_size, vocab_size, constraint)
+    if steps_per_iteration is None:
+        steps_per_iteration = (
+            2 if _self_cache_bytes(model.cfg, enc, beam_size, max_len) >= UNROLL_FROM_CACHE_BYTES else 1
+        )
+    if steps_per_iteration not in (1, 2):
+        raise ValueError(f"steps_per_iteration: got {steps_per_iteration!r}, expected 1, 2 or None")
     if normalize_over not in ("vocabulary", "allowed"):
         raise ValueError(f"normalize_over: got {normalize_over!r}, expected 'vocabulary' or 'allowed'")
     if constraint is None:
@@ -169,7 +186,15 @@ def beam_search(
         ngram_bound=max(NGRAM_BOUND, no_repeat_ngram_size),
         normalize_over=normalize_over,
         project_allowed=bool(project_allowed),
+        steps_per_iteration=steps_per_iteration,
     )
+
+
+def _self_cache_bytes(cfg: ModelConfig, enc: EncoderOutput, beam_size: int, max_len: int) -> int:
+    """Bytes of the search's self-attention keys and values: (B * K, H, max_len + 1, hd) per layer, two each."""
+    rows = enc.hidden.shape[0] * beam_size
+    per_layer = 2 * rows * cfg.heads * (max_len + 1) * cfg.head_dim * np.dtype(cfg.compute_dtype).itemsize
+    return cfg.decoder_layers * per_layer
 
 
 def decode_batch(
@@ -306,7 +331,15 @@ def _check_arguments(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("graphdef", "beam_size", "max_len", "ngram_bound", "normalize_over", "project_allowed"),
+    static_argnames=(
+        "graphdef",
+        "beam_size",
+        "max_len",
+        "ngram_bound",
+        "normalize_over",
+        "project_allowed",
+        "steps_per_iteration",
+    ),
 )
 def _search(
     graphdef: nnx.GraphDef,
@@ -323,7 +356,7 @@ def _search(
     ngram_bound: int,
     normalize_over: str = "vocabulary",
     project_allowed: bool = False,
-    split: tuple[nnx.GraphDef, nnx.State] | None = None,
+    steps_per_iteration: int = 1,
 ) -> BeamResult:
     model = nnx.merge(graphdef, state)
     k = beam_size
@@ -393,17 +426,14 @@ def _search(
         return _beam_step(s, candidates, cache, constraint, k, max_len, length_penalty)
 
     def two_steps(s: _SearchState) -> _SearchState:
-        # Two steps per iteration. A step writes the reordered self-attention cache to a new buffer, and the
-        # loop needs its state back in the buffers it came in: with one step per iteration XLA copies the whole
-        # cache back every step (~10% of an ofa_tiny report step at batch 32 on a CPU); the second step's
-        # reorder can write into the buffers the first one read. If the first step ends the search, the
-        # second changes nothing the result is read from (every sentence is done, so nothing is finalised)
-        # and the step count stays that of the first.
+        # The second step's reorder can write into the buffers the first one read (UNROLL_FROM_CACHE_BYTES).
+        # If the first step ends the search, the second changes nothing the result is read from (every
+        # sentence is done, so nothing is finalised) and the step count stays that of the first.
         first = step(s)
         second = step(first)
         return second.replace(step=jnp.where(running(first), second.step, first.step))
 
-    final = jax.lax.while_loop(running, two_steps, init)
+    final = jax.lax.while_loop(running, step if steps_per_iteration == 1 else two_steps, init)
     return _collect(final)
 
 
