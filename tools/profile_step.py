@@ -182,7 +182,7 @@ def main(argv: list[str]) -> int:
         f"compiled and ran one step of each family in {time.perf_counter() - started:.0f} s", file=sys.stderr
     )
     times: dict[str, list[float]] = {family: [] for family in batches}
-    trace_dir = Path(tempfile.mkdtemp(prefix="profile_step_"))
+    trace_dir = Path(tempfile.mkdtemp(prefix="profile_step_")) if args.profile else None
     for round_index in range(args.rounds):
         profiled = args.profile and round_index == args.rounds - 1
         if profiled:
