@@ -1,9 +1,13 @@
 """Beam search with the semantics of the original generator (spec §14), as one jitted `lax.while_loop`.
 
 The encoder runs once (by the caller, or by `decode_batch`); the decoder cache is built once for the B
-sentences, hypothesis k of sentence b at row b*K + k: its self-attention part is tiled K times, its
-cross-attention part (keys/values of the encoder output) stays at one row per sentence, shared by the
-sentence's K hypotheses (they attend to it as K query positions of one row). Each loop iteration is one step t of
+sentences in its beam layout (`DecoderCache`, `init_cache(..., hypotheses=K)`): hypothesis k of sentence b
+steps at row b*K + k, but the cache keeps one row per sentence, which the sentence's K hypotheses attend to
+together as K query positions. Its cross-attention part (keys/values of the encoder output) is the same for
+all K. Its self-attention part holds, at every position, the keys/values of the K hypotheses that were
+stepped there, and a small ancestry table says which of them is each live hypothesis' history: reordering
+the beam (step g) moves only that table, never the keys and values (on a CPU, copying them for ofa_tiny's
+reports at batch 32 x beam 6, 144 MB, took ~15 of ~88 ms per step). Each loop iteration is one step t of
 spec §14.2:
 
   a. cached decoder step on the last token of every hypothesis -> log-softmax in float32 -> lp (B*K, V);
@@ -15,7 +19,7 @@ spec §14.2:
   f. finite-score EOS candidates among the first K are finalised with score cumulative / (t + 1)^lenpen,
      until a sentence holds K finalised hypotheses;
   g. the first K candidates that are not (EOS with a finite score) become the new beam; histories, scores,
-     the decoder cache and the constraint states are reordered along.
+     the decoder cache's ancestry and the constraint states are reordered along.
 
 A sentence is finished when it holds K finalised hypotheses, or at t = max_len. It is also finished when every
 live hypothesis has score -inf: the original keeps stepping those (in the unconstrained search this only
@@ -73,25 +77,11 @@ import numpy as np
 from flax import nnx, struct
 
 from imtcxr_jax.decoding.constraints import Constraint
-from imtcxr_jax.models.config import ModelConfig
 from imtcxr_jax.models.imtcxr import DecoderCache, EncoderOutput
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3  # spec §9.3 / §16 item 12
 NEG_INF = -jnp.inf
 NGRAM_BOUND = 4  # no_repeat_ngram_size 0..4 are traced values of one compiled search
-
-# A beam step writes the reordered self-attention cache to new buffers, and XLA then copies them back into
-# the while loop's state. Two steps per loop iteration spare every other copy (ofa_tiny's reports at batch 32
-# x beam 6, a 151 MB cache: ~9 ms of ~100 per step on a 2-core CPU), but the larger loop body takes longer to
-# compile (a cold one-image analysis of the demo: 30 s instead of 23 s with every search unrolled). So the
-# search unrolls from this cache size on (`beam_search(steps_per_iteration=None)`).
-UNROLL_FROM_CACHE_BYTES = 64 * 2**20
-
-# Decoder-cache fields that hold the same value for every hypothesis of a sentence (they derive from the
-# encoder output), so reordering beams within a sentence leaves them unchanged. They hold one row per sentence,
-# shared by its K hypotheses (see `Decoder.step`), and are never gathered: the cross-attention keys/values are
-# the largest arrays of the cache. Any other field (a new one included) is gathered.
-_SHARED_CACHE_FIELDS = ("cross_keys", "cross_values", "cross_position_keys", "encoder_padding_mask")
 
 
 @struct.dataclass
@@ -139,7 +129,6 @@ def beam_search(
     normalize_over: str = "vocabulary",
     project_allowed: bool = False,
     split: tuple[nnx.GraphDef, nnx.State] | None = None,
-    steps_per_iteration: int | None = None,
 ) -> BeamResult:
     """Beam search over `model.decode_step` from BOS for every sentence of `enc` (B sentences).
 
@@ -150,17 +139,9 @@ def beam_search(
     choose how a constrained step is normalised and whether only the allowed rows of the output projection
     are computed (module docstring). split: `nnx.split(model)` when the caller holds it already (splitting
     walks the whole module graph: ~20-40 ms per call for ofa_tiny on a CPU, more than a short search).
-    steps_per_iteration: beam steps per iteration of the search loop, 1 or 2 (the same results); None: 2 when
-    the self-attention cache holds at least UNROLL_FROM_CACHE_BYTES, else 1.
     """
     vocab_size = model.cfg.vocab_size
     _check_arguments(model, beam_size, max_len, min_len, no_repeat_ngram_size, vocab_size, constraint)
-    if steps_per_iteration is None:
-        steps_per_iteration = (
-            2 if _self_cache_bytes(model.cfg, enc, beam_size, max_len) >= UNROLL_FROM_CACHE_BYTES else 1
-        )
-    if steps_per_iteration not in (1, 2):
-        raise ValueError(f"steps_per_iteration: got {steps_per_iteration!r}, expected 1, 2 or None")
     if normalize_over not in ("vocabulary", "allowed"):
         raise ValueError(f"normalize_over: got {normalize_over!r}, expected 'vocabulary' or 'allowed'")
     if constraint is None:
@@ -186,15 +167,7 @@ def beam_search(
         ngram_bound=max(NGRAM_BOUND, no_repeat_ngram_size),
         normalize_over=normalize_over,
         project_allowed=bool(project_allowed),
-        steps_per_iteration=steps_per_iteration,
     )
-
-
-def _self_cache_bytes(cfg: ModelConfig, enc: EncoderOutput, beam_size: int, max_len: int) -> int:
-    """Bytes of the search's self-attention keys and values: (B * K, H, max_len + 1, hd) per layer, two each."""
-    rows = enc.hidden.shape[0] * beam_size
-    per_layer = 2 * rows * cfg.heads * (max_len + 1) * cfg.head_dim * np.dtype(cfg.compute_dtype).itemsize
-    return cfg.decoder_layers * per_layer
 
 
 def decode_batch(
@@ -338,7 +311,6 @@ def _check_arguments(
         "ngram_bound",
         "normalize_over",
         "project_allowed",
-        "steps_per_iteration",
     ),
 )
 def _search(
@@ -356,7 +328,6 @@ def _search(
     ngram_bound: int,
     normalize_over: str = "vocabulary",
     project_allowed: bool = False,
-    steps_per_iteration: int = 1,
 ) -> BeamResult:
     model = nnx.merge(graphdef, state)
     k = beam_size
@@ -373,13 +344,9 @@ def _search(
         lookup[candidates] = np.arange(len(candidates), dtype=np.int32)
         columns = jnp.asarray(lookup)
 
-    # Spec §14.2 steps 1-2: encoder output (here: the cache built from it) repeated K times per sentence;
-    # the cross-attention fields are not tiled but shared by a sentence's K rows (`Decoder.step` groups
-    # them), the rest (self-attention caches) is tiled.
-    tile = jnp.repeat(jnp.arange(batch), k)  # row b*K + k -> sentence b
-    cache = model.init_cache(enc, max_len + 1)
-    shared = {name: getattr(cache, name) for name in _SHARED_CACHE_FIELDS}
-    cache = cache.gather(tile).replace(**shared)
+    # Spec §14.2 steps 1-2 repeat the encoder output K times per sentence; here the cache built from it
+    # keeps one row per sentence, shared by its K hypotheses (the beam layout of `DecoderCache`).
+    cache = model.init_cache(enc, max_len + 1, hypotheses=k)
     init = _SearchState(
         step=jnp.zeros((), jnp.int32),
         tokens=jnp.full((rows, max_len + 2), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID),
@@ -425,15 +392,7 @@ def _search(
         candidates = _candidates_from_lprobs(lprobs, previous, t, k, ids)
         return _beam_step(s, candidates, cache, constraint, k, max_len, length_penalty)
 
-    def two_steps(s: _SearchState) -> _SearchState:
-        # The second step's reorder can write into the buffers the first one read (UNROLL_FROM_CACHE_BYTES).
-        # If the first step ends the search, the second changes nothing the result is read from (every
-        # sentence is done, so nothing is finalised) and the step count stays that of the first.
-        first = step(s)
-        second = step(first)
-        return second.replace(step=jnp.where(running(first), second.step, first.step))
-
-    final = jax.lax.while_loop(running, step if steps_per_iteration == 1 else two_steps, init)
+    final = jax.lax.while_loop(running, step, init)
     return _collect(final)
 
 
@@ -637,10 +596,7 @@ def _beam_step(
     chosen_scores = jnp.take_along_axis(cand_scores, order, axis=1).reshape(-1)
     tokens = s.tokens[parent].at[:, t + 1].set(chosen)
     cumulative = s.cumulative[parent].at[:, t].set(chosen_scores)
-    if k > 1:  # (K = 1: the parent of row b is always row b)
-        shared = {name: getattr(cache, name) for name in _SHARED_CACHE_FIELDS}
-        # The shared fields have B rows, not B*K: only the other fields are gathered.
-        cache = cache.replace(**{name: () for name in _SHARED_CACHE_FIELDS}).gather(parent).replace(**shared)
+    cache = cache.reorder_hypotheses(parent)
     constraint_state = s.constraint_state
     if constraint is not None:
         constraint_state = constraint.advance(jax.tree.map(lambda a: a[parent], constraint_state), chosen)

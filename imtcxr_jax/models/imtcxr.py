@@ -51,37 +51,62 @@ class EncoderOutput:
 @struct.dataclass
 class DecoderCache:
     """Everything one decoding step needs besides the parameters. Every array is batch-major (axis 0 = batch)
-    so that beam search can reorder it with `gather`; `index` is the number of positions already written.
+    so that rows can be selected or reordered with `gather`; `index` is the number of positions written.
 
-    Keys and values are stored head-major, (B, H, T, hd): a step's attention is then a dot batched over
-    (B, H) that reads them in place. In the (B, T, H, hd) layout of the projections, XLA transposes the whole
-    cache for every layer at every step (on a CPU ~10x the cost of the attention itself). The encoder-side
-    keys, written once, are stored transposed, (B, H, hd, S): the query-key product is then a plain matrix
-    product per (B, H), which XLA CPU runs ~2x faster than the one that contracts both operands' last axes
-    (0.49 vs 1.18 ms for one layer's product of ofa_tiny at batch 32 x beam 6, measured alone)."""
+    Beam layout (`init_cache(..., hypotheses=K)`, what beam search uses): the B rows are sentences, stepped
+    as B * K hypothesis rows; each position of a row holds the K keys/values its hypotheses wrote there, and
+    `ancestry` says which one belongs to each hypothesis' history. Reordering the beam then rewrites that
+    small table (`reorder_hypotheses`) instead of copying the cache, and the K hypotheses read their
+    sentence's keys together (as K query positions) instead of K copies of them.
 
-    self_keys: tuple[jax.Array, ...]  # per layer (B, H, Tmax, hd)
-    self_values: tuple[jax.Array, ...]
+    Keys and values are stored head-major, values (B, H, T, hd): a step's attention is then a dot batched
+    over (B, H) that reads them in place. In the (B, T, H, hd) layout of the projections, XLA transposes the
+    whole cache for every layer at every step (on a CPU ~10x the cost of the attention itself). Keys are
+    stored transposed, (B, H, hd, T): the query-key product is then a plain matrix product per (B, H), which
+    XLA CPU runs several times faster than the one that contracts both operands' last axes (0.49 vs 1.18 ms
+    for one layer's cross-attention product of ofa_tiny at batch 32 x beam 6 measured alone; 2.0 vs 7.8 ms
+    per layer and step for the self-attention product of its reports in beam layout, profiled)."""
+
+    self_keys: tuple[jax.Array, ...]  # per layer (B, H, hd, Tmax); beam layout (B, H, hd, Tmax * K)
+    self_values: tuple[jax.Array, ...]  # per layer (B, H, Tmax, hd); beam layout (B, H, Tmax * K, hd)
     cross_keys: tuple[jax.Array, ...]  # per layer (B, H, hd, S), projected once from the encoder output
     cross_values: tuple[jax.Array, ...]  # per layer (B, H, S, hd)
     cross_position_keys: jax.Array  # (B, H, hd, S) projected encoder position vectors
     encoder_padding_mask: jax.Array  # (B, S)
     index: jax.Array  # () int32
+    # Beam layout only (`init_cache(..., hypotheses=K)`), else None: (B * K, Tmax) int32, for hypothesis k of
+    # sentence b (row b * K + k) and each position s, the slot j whose keys/values at s (index s * K + j of
+    # sentence b's cache row) belong to the hypothesis' history.
+    ancestry: jax.Array | None = None
 
     @property
     def max_length(self) -> int:
-        return self.self_keys[0].shape[2]
+        if self.ancestry is not None:
+            return self.ancestry.shape[1]
+        return self.self_values[0].shape[2]
 
     def gather(self, batch_indices: jax.Array) -> DecoderCache:
         """Reorder/select batch rows (e.g. surviving beams) of every per-example array. `batch_indices` must
         lie in [0, B): an index outside is clamped (mode "clip"; the default "fill" mode's bounds check
-        doubles the cost of reordering the cache on a CPU)."""
+        doubles the cost of reordering the cache on a CPU). Not for the beam layout (`reorder_hypotheses`)."""
+        if self.ancestry is not None:
+            raise ValueError("gather: a beam-layout cache reorders its hypotheses with reorder_hypotheses")
         per_example = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "index"}
 
         def take(rows: jax.Array) -> jax.Array:
             return jnp.take(rows, batch_indices, axis=0, mode="clip")
 
         return self.replace(**jax.tree.map(take, per_example))
+
+    def reorder_hypotheses(self, parents: jax.Array) -> DecoderCache:
+        """Beam layout: hypothesis row r continues the history of row parents[r] (B * K,), which must be a
+        hypothesis of the same sentence. Only the ancestry table moves: every key and value stays where it
+        was written, so beam search never copies the self-attention cache."""
+        if self.ancestry is None:
+            raise ValueError(
+                "reorder_hypotheses: only for a beam-layout cache (init_cache(..., hypotheses=K))"
+            )
+        return self.replace(ancestry=jnp.take(self.ancestry, parents, axis=0, mode="clip"))
 
 
 def _layer_rates(rate: float, layers: int) -> list[float]:
@@ -336,21 +361,28 @@ class Decoder(nnx.Module):
             )  # fmt: skip
         return self.layer_norm(x)
 
-    def init_cache(self, enc: EncoderOutput, max_length: int) -> DecoderCache:
-        """Project the encoder output once for every layer and allocate empty self-attention caches."""
+    def init_cache(self, enc: EncoderOutput, max_length: int, hypotheses: int | None = None) -> DecoderCache:
+        """Project the encoder output once for every layer and allocate empty self-attention caches.
+
+        hypotheses K: the beam layout, for K hypotheses per sentence (rows b * K + k of the tokens stepped):
+        the self-attention cache keeps one row per sentence, K keys/values per position, and each
+        hypothesis' `ancestry` says which of them are its history."""
         self._check_length(max_length)
         batch = enc.hidden.shape[0]
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        empty = jnp.zeros((batch, cfg.heads, max_length, cfg.head_dim), dt)
+        slots = 1 if hypotheses is None else hypotheses
+        empty_keys = jnp.zeros((batch, cfg.heads, cfg.head_dim, max_length * slots), dt)
+        empty_values = jnp.zeros((batch, cfg.heads, max_length * slots, cfg.head_dim), dt)
         cross = [layer.encoder_attn.project_key_value(enc.hidden) for layer in self.layers]
         return DecoderCache(
-            self_keys=tuple(empty for _ in self.layers),
-            self_values=tuple(empty for _ in self.layers),
+            self_keys=tuple(empty_keys for _ in self.layers),
+            self_values=tuple(empty_values for _ in self.layers),
             cross_keys=tuple(keys_last(k) for k, _ in cross),
             cross_values=tuple(heads_first(v) for _, v in cross),
             cross_position_keys=keys_last(self._cross_position_keys(enc)),
             encoder_padding_mask=enc.padding_mask,
             index=jnp.zeros((), jnp.int32),
+            ancestry=None if hypotheses is None else jnp.zeros((batch * slots, max_length), jnp.int32),
         )
 
     def step(
@@ -361,7 +393,8 @@ class Decoder(nnx.Module):
 
         The cross-attention fields of the cache (`cross_keys`, `cross_values`, `cross_position_keys`,
         `encoder_padding_mask`) may hold B / g rows, one per group of g consecutive rows of `tokens` (a
-        sentence's beam hypotheses): they are then shared by the group instead of tiled g times."""
+        sentence's beam hypotheses): they are then shared by the group instead of tiled g times. In the beam
+        layout (`init_cache(..., hypotheses=g)`) the self-attention cache is grouped the same way and t = 1."""
         length = tokens.shape[1]
         group = tokens.shape[0] // cache.cross_keys[0].shape[0]
         positions = cache.index + jnp.arange(length)
@@ -377,24 +410,48 @@ class Decoder(nnx.Module):
         cross_bias = jnp.einsum("bhqd,bhdk->bhqk", batch_q, cache.cross_position_keys)
         if group > 1:  # the g rows of a group are query positions of one cross-attention row
             cross_bias = jnp.tile(cross_bias, (1, 1, group, 1))
-        self_mask = (jnp.arange(max_length)[None, :] > positions[:, None])[None, None]
+        if cache.ancestry is None:
+            self_group, ancestry = 1, None
+            self_mask = (jnp.arange(max_length)[None, :] > positions[:, None])[None, None]
+        else:
+            if length != 1:
+                raise ValueError(f"tokens: a beam-layout cache steps one token per row, got {length}")
+            self_group = group
+            # This step writes every hypothesis' keys at its own slot of the position.
+            ancestry = cache.ancestry.at[:, cache.index].set(jnp.arange(tokens.shape[0]) % group)
+            self_mask = _hypothesis_mask(ancestry, cache.index, group)
         cross_mask = cache.encoder_padding_mask[:, None, None, :]
         new_keys, new_values = [], []
         for i, (layer, table) in enumerate(zip(self.layers, self.token_rel_pos_tables, strict=True)):
             self_bias = self_abs + self._relative_bias(table, positions, max_length)[None].astype(
                 self_abs.dtype
             )
+            if self_group > 1:  # the same bias for the g keys of a position
+                self_bias = jnp.repeat(self_bias, self_group, axis=-1)
             x, (k, v) = layer(
                 x, self_kv=(cache.self_keys[i], cache.self_values[i]), self_bias=self_bias, self_mask=self_mask,
                 cross_kv=(cache.cross_keys[i], cache.cross_values[i]), cross_bias=cross_bias,
-                cross_mask=cross_mask, cache_index=cache.index, cross_group=group, train=False, rngs=None,
+                cross_mask=cross_mask, cache_index=cache.index, self_group=self_group, cross_group=group,
+                train=False, rngs=None,
             )  # fmt: skip
             new_keys.append(k)
             new_values.append(v)
         cache = cache.replace(
-            self_keys=tuple(new_keys), self_values=tuple(new_values), index=cache.index + length
+            self_keys=tuple(new_keys),
+            self_values=tuple(new_values),
+            index=cache.index + length,
+            ancestry=ancestry,
         )
         return self.layer_norm(x), cache
+
+
+def _hypothesis_mask(ancestry: jax.Array, index: jax.Array, group: int) -> jax.Array:
+    """Self-attention mask (B, 1, g, Tmax * g) of a beam-layout step at position `index` (True = may not
+    attend): hypothesis k of a sentence sees, at each written position s <= index, the one key its ancestry
+    names among the g written there."""
+    rows, max_length = ancestry.shape
+    visible = (ancestry[:, :, None] == jnp.arange(group)) & (jnp.arange(max_length) <= index)[None, :, None]
+    return ~visible.reshape(rows // group, 1, group, max_length * group)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -488,8 +545,8 @@ class IMTCXR(nnx.Module):
         enc = self.encode(src_tokens, images, image_mask, train=train, rngs=rngs)
         return self.decode(prev_tokens, enc, train=train, rngs=rngs)
 
-    def init_cache(self, enc: EncoderOutput, max_length: int) -> DecoderCache:
-        return self.decoder.init_cache(enc, max_length)
+    def init_cache(self, enc: EncoderOutput, max_length: int, hypotheses: int | None = None) -> DecoderCache:
+        return self.decoder.init_cache(enc, max_length, hypotheses)
 
     def decode_step(
         self, tokens: jax.Array, cache: DecoderCache, *, output_rows: jax.Array | None = None

@@ -251,6 +251,11 @@ class EncoderLayer(nnx.Module):
         return x + _close_branch(self, y, train, rngs)
 
 
+def _group_rows(x: jax.Array, group: int) -> jax.Array:
+    """(B * g, T, ...) -> (B, g * T, ...): the g rows of a group become positions of one row."""
+    return x.reshape(x.shape[0] // group, group * x.shape[1], *x.shape[2:])
+
+
 class DecoderLayer(nnx.Module):
     """Pre-norm causal self-attention, cross-attention to the encoder, and FFN (NormFormer extras on each)."""
 
@@ -276,38 +281,43 @@ class DecoderLayer(nnx.Module):
         cross_bias: jax.Array,
         cross_mask: jax.Array,
         cache_index: jax.Array | None = None,
+        self_group: int = 1,
         cross_group: int = 1,
         train: bool,
         rngs: nnx.Rngs | None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x (B, T, D). Without a cache (`self_kv` None) keys/values come from x itself (teacher forcing) and
-        `cross_kv` is (B, S, H, hd). With one (decoding), every key/value array is head-major: this step's
-        keys/values are written into `self_kv` (B, H, Tmax, hd) at `cache_index`, the queries attend over
-        the whole cache (the mask hides the unwritten future), and `cross_kv` is keys (B, H, hd, S) and values
-        (B, H, S, hd) (`DecoderCache`). Returns the new x and the self-attention keys/values (the updated
-        cache). cross_group g > 1: x holds g consecutive rows per row of `cross_kv` (the hypotheses of one
-        sentence in beam search); their queries attend to that row's keys together (the rows become query
-        positions), instead of g tiled copies of the keys."""
+        `cross_kv` is (B, S, H, hd). With one (decoding), every key/value array is head-major, the keys
+        transposed (`DecoderCache`): this step's keys/values are written into `self_kv`, keys (B, H, hd, Tmax)
+        and values (B, H, Tmax, hd), at `cache_index`, the queries attend over the whole cache (the mask
+        hides the unwritten future), and `cross_kv` is keys (B, H, hd, S) and values (B, H, S, hd). Returns the new x and the self-attention keys/values (the updated
+        cache).
+
+        Groups (beam search): x holds g consecutive rows per row of the cache (the hypotheses of one
+        sentence), whose queries attend to that row's keys together (the rows become query positions)
+        instead of g tiled copies of the keys. cross_group g > 1: `cross_kv` has B / g rows. self_group
+        g > 1 (one token per row, T = 1): `self_kv` holds Tmax * g positions of B / g rows, the g hypotheses'
+        keys/values of position s at s * g + 0..g-1, and `self_mask` says which of them each hypothesis may attend to
+        (`DecoderCache.ancestry`)."""
         cached = self_kv is not None
+        rows, length = x.shape[:2]
         y = self.self_attn_layer_norm(x)
         k, v = self.self_attn.project_key_value(y)
         if cached:
-            start = (0, 0, cache_index, 0)
-            k = jax.lax.dynamic_update_slice(self_kv[0], heads_first(k).astype(self_kv[0].dtype), start)
-            v = jax.lax.dynamic_update_slice(self_kv[1], heads_first(v).astype(self_kv[1].dtype), start)
+            index = cache_index * self_group
+            new_keys = keys_last(_group_rows(k, self_group)).astype(self_kv[0].dtype)
+            new_values = heads_first(_group_rows(v, self_group)).astype(self_kv[1].dtype)
+            k = jax.lax.dynamic_update_slice(self_kv[0], new_keys, (0, 0, 0, index))
+            v = jax.lax.dynamic_update_slice(self_kv[1], new_values, (0, 0, index, 0))
         y = self.self_attn.attend(
-            self.self_attn.project_query(y), k, v, self_bias, self_mask, train=train, rngs=rngs,
-            kv_heads_first=cached,
+            _group_rows(self.self_attn.project_query(y), self_group), k, v, self_bias, self_mask,
+            train=train, rngs=rngs, kv_heads_first=cached, keys_last=cached,
         )  # fmt: skip
-        x = x + _close_branch(self, self.self_attn_ln(y), train, rngs)
+        x = x + _close_branch(self, self.self_attn_ln(y.reshape(rows, length, -1)), train, rngs)
 
         y = self.encoder_attn_layer_norm(x)
-        q = self.encoder_attn.project_query(y)  # (B * g, T, H, hd)
-        rows, length = q.shape[:2]
-        if cross_group > 1:
-            q = q.reshape(rows // cross_group, cross_group * length, *q.shape[2:])
         y = self.encoder_attn.attend(
-            q,
+            _group_rows(self.encoder_attn.project_query(y), cross_group),
             *cross_kv,
             cross_bias,
             cross_mask,
@@ -316,8 +326,7 @@ class DecoderLayer(nnx.Module):
             kv_heads_first=cached,
             keys_last=cached,
         )
-        y = y.reshape(rows, length, y.shape[-1])
-        x = x + _close_branch(self, self.cross_attn_ln(y), train, rngs)
+        x = x + _close_branch(self, self.cross_attn_ln(y.reshape(rows, length, -1)), train, rngs)
 
         y = self.ffn(self.final_layer_norm(x), train=train, rngs=rngs)
         return x + _close_branch(self, y, train, rngs), (k, v)

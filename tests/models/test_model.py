@@ -154,6 +154,39 @@ def test_cache_gather_reorders_examples():
     assert int(swapped.index) == 3
 
 
+def test_beam_layout_steps_equal_tiled_caches_gathered_by_parent():
+    """The beam layout (one cache row per sentence, an ancestry table per hypothesis) against the plain cache
+    tiled K times per sentence and gathered by the same random parents after every step."""
+    cfg = get_model_config("micro")
+    model = create_model(cfg, seed=4)
+    src, images, _ = _batch(cfg, image_size=48)
+    sentences, k, steps = src.shape[0], 3, 7
+    enc = model.encode(src, images)
+    step = nnx.jit(lambda m, tokens, cache: m.decode_step(tokens, cache))
+    beam = model.init_cache(enc, max_length=8, hypotheses=k)
+    tiled = model.init_cache(enc, max_length=8).gather(jnp.repeat(jnp.arange(sentences), k))
+    rng = np.random.default_rng(0)
+    for t in range(steps):
+        tokens = jnp.asarray(rng.integers(4, cfg.vocab_size, (sentences * k, 1)), jnp.int32)
+        beam_logits, beam = step(model, tokens, beam)
+        tiled_logits, tiled = step(model, tokens, tiled)
+        scale = float(jnp.abs(tiled_logits).max())
+        assert float(jnp.abs(beam_logits - tiled_logits).max()) <= 1e-5 * scale, t
+        # Each hypothesis continues a random one of its sentence's (repeats and all).
+        parents = jnp.asarray(rng.integers(0, k, (sentences, k)) + np.arange(sentences)[:, None] * k).reshape(
+            -1
+        )
+        beam, tiled = beam.reorder_hypotheses(parents), tiled.gather(parents)
+    assert beam.self_keys[0].shape == (sentences, cfg.heads, cfg.head_dim, 8 * k)
+    assert beam.ancestry.shape == (sentences * k, 8) and int(beam.index) == steps
+    with pytest.raises(ValueError, match="reorder_hypotheses"):
+        beam.gather(parents)
+    with pytest.raises(ValueError, match="beam-layout"):
+        tiled.reorder_hypotheses(parents)
+    with pytest.raises(ValueError, match="one token per row"):
+        model.decode_step(jnp.zeros((sentences * k, 2), jnp.int32), beam)
+
+
 def test_batchnorm_matches_torch_in_train_and_eval_mode():
     cfg = get_model_config("micro")
     rng = np.random.default_rng(0)
