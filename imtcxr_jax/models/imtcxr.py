@@ -98,6 +98,26 @@ class DecoderCache:
 
         return self.replace(**jax.tree.map(take, per_example))
 
+    def extend(self, max_length: int) -> DecoderCache:
+        """The same cache with room for `max_length` positions (at least the current room), the new ones
+        appended empty: a search can start with a short cache and move to a longer one only once its answers
+        get that long (every step's attention reads the whole cache)."""
+        added = max_length - self.max_length
+        if added < 0:
+            raise ValueError(
+                f"extend: got max_length {max_length}, the cache already holds {self.max_length}"
+            )
+        slots = self.self_values[0].shape[2] // self.max_length  # K in beam layout, else 1
+
+        def append(x: jax.Array, axis: int, count: int) -> jax.Array:
+            return jnp.pad(x, [(0, count if a == axis else 0) for a in range(x.ndim)])
+
+        return self.replace(
+            self_keys=tuple(append(keys, 3, added * slots) for keys in self.self_keys),
+            self_values=tuple(append(values, 2, added * slots) for values in self.self_values),
+            ancestry=None if self.ancestry is None else append(self.ancestry, 1, added),
+        )
+
     def reorder_hypotheses(self, parents: jax.Array) -> DecoderCache:
         """Beam layout: hypothesis row r continues the history of row parents[r] (B * K,), which must be a
         hypothesis of the same sentence. Only the ancestry table moves: every key and value stays where it

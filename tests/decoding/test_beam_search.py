@@ -32,7 +32,9 @@ from imtcxr_jax.decoding.beam_search import (
     _process_lprobs,
     _row_top_k,
     _search,
+    _self_cache_bytes,
     _top_candidates,
+    cache_phases,
 )
 from imtcxr_jax.models.imtcxr import EncoderOutput
 from tests.decoding import encode, random_inputs, random_model
@@ -203,8 +205,9 @@ def assert_same(result, sentence: int, expected: list[Hypothesis], beam_size: in
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", ["micro", "ofa_tiny"])
-def test_jitted_search_equals_the_eager_reference(size):
+# first_cache_phase 4: the cache grows from 4 to 8 to MAX_LEN + 1 = 13 positions during the search.
+@pytest.mark.parametrize("size, first_cache_phase", [("micro", 0), ("micro", 4), ("ofa_tiny", 4)])
+def test_jitted_search_equals_the_eager_reference(size, first_cache_phase):
     """30 random inputs in all: 5 settings x 2 sentences per case."""
     model = random_model(size)
     lengths_seen = set()
@@ -215,7 +218,7 @@ def test_jitted_search_equals_the_eager_reference(size):
             beam_size=beam, max_len=MAX_LEN, min_len=min_len, no_repeat_ngram_size=ngram,
             length_penalty=lenpen, unk_penalty=unk,
         )  # fmt: skip
-        result = beam_search(model, enc, **options)
+        result = beam_search(model, enc, **options, first_cache_phase=first_cache_phase)
         for sentence in range(BATCH):
             expected = reference_search(jax_lprobs(model, enc, sentence), **options)
             assert_same(result, sentence, expected, beam)
@@ -272,13 +275,15 @@ def test_decode_batch_encodes_then_searches_and_settings_do_not_recompile():
     np.testing.assert_allclose(batched.scores, direct.scores, rtol=1e-6)
 
 
-# Inputs whose answers all end before max_len: after 7 steps and after 12.
+# Inputs whose answers all end before max_len: after 7 steps and after 12 (in the second and the third
+# cache phase with a first phase of 4 positions).
+@pytest.mark.parametrize("first_cache_phase", [0, 4])
 @pytest.mark.parametrize("beam, seed, steps", [(1, 9, 7), (3, 6, 12)])
-def test_the_loop_stops_as_soon_as_every_sentence_is_finished(beam, seed, steps):
+def test_the_loop_stops_as_soon_as_every_sentence_is_finished(beam, seed, steps, first_cache_phase):
     model = random_model("micro")
     src, images = random_inputs(model.cfg.vocab_size, BATCH, seed=seed)
     enc = encode(model, src, images)
-    result = beam_search(model, enc, beam_size=beam, max_len=MAX_LEN)
+    result = beam_search(model, enc, beam_size=beam, max_len=MAX_LEN, first_cache_phase=first_cache_phase)
     assert result.tokens.shape == (BATCH, beam, MAX_LEN + 1)
     assert np.all(np.asarray(result.finished))
     # Step t finalises answers of t + 1 tokens, so the last answer's length is the number of steps run.
@@ -398,8 +403,28 @@ def test_bad_arguments_are_named():
         (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
         (dict(max_len=model.cfg.max_target_positions), "max_target_positions"),
         (dict(beam_size=model.cfg.vocab_size), "beam_size"),
+        (dict(max_len=MAX_LEN, first_cache_phase=-1), "first_cache_phase"),
     ]:
         with pytest.raises(ValueError, match=message):
             beam_search(model, enc, **options)
     with pytest.raises(ValueError, match="src_tokens"):
         decode_batch(model, np.array([[0, model.cfg.vocab_size, 2]]), np.zeros((1, 32, 32, 3), np.float32))
+
+
+def test_cache_phases_double_up_to_the_positions_and_start_with_large_caches_only():
+    assert cache_phases(96, 32) == [32, 64, 96]
+    assert cache_phases(201, 32) == [32, 64, 128, 201]
+    assert cache_phases(13, 4) == [4, 8, 13]
+    assert cache_phases(32, 32) == [32] and cache_phases(5, 8) == [5]
+    assert cache_phases(13, 0) == [13]
+    model = random_model("micro")
+    enc = encode(model, *random_inputs(model.cfg.vocab_size, BATCH, seed=0))
+    cache = model.init_cache(enc, MAX_LEN + 1)  # the plain layout: one row per sentence and position
+    per_hypothesis = sum(a.nbytes for a in (*cache.self_keys, *cache.self_values))
+    assert _self_cache_bytes(model.cfg, enc, 3, MAX_LEN) == 3 * per_hypothesis
+    # The automatic choice: one phase for this small cache, the same search as first_cache_phase=0.
+    automatic = beam_search(model, enc, beam_size=3, max_len=MAX_LEN)
+    compiled = _search._cache_size()
+    beam_search(model, enc, beam_size=3, max_len=MAX_LEN, first_cache_phase=0)
+    assert _search._cache_size() == compiled
+    assert np.asarray(automatic.finished).all()

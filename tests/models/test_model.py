@@ -163,10 +163,12 @@ def test_beam_layout_steps_equal_tiled_caches_gathered_by_parent():
     sentences, k, steps = src.shape[0], 3, 7
     enc = model.encode(src, images)
     step = nnx.jit(lambda m, tokens, cache: m.decode_step(tokens, cache))
-    beam = model.init_cache(enc, max_length=8, hypotheses=k)
+    beam = model.init_cache(enc, max_length=4, hypotheses=k)  # extended to 8 positions after 4 steps
     tiled = model.init_cache(enc, max_length=8).gather(jnp.repeat(jnp.arange(sentences), k))
     rng = np.random.default_rng(0)
     for t in range(steps):
+        if t == 4:
+            beam = beam.extend(8)
         tokens = jnp.asarray(rng.integers(4, cfg.vocab_size, (sentences * k, 1)), jnp.int32)
         beam_logits, beam = step(model, tokens, beam)
         tiled_logits, tiled = step(model, tokens, tiled)
@@ -185,6 +187,8 @@ def test_beam_layout_steps_equal_tiled_caches_gathered_by_parent():
         tiled.reorder_hypotheses(parents)
     with pytest.raises(ValueError, match="one token per row"):
         model.decode_step(jnp.zeros((sentences * k, 2), jnp.int32), beam)
+    with pytest.raises(ValueError, match="already holds 8"):
+        beam.extend(6)
 
 
 def test_batchnorm_matches_torch_in_train_and_eval_mode():
