@@ -1,4 +1,4 @@
-"""Beam search with the semantics of the original generator (spec §14), as one jitted `lax.while_loop`.
+"""Beam search with the semantics of the original generator (spec §14), jitted, in `lax.while_loop`s.
 
 The encoder runs once (by the caller, or by `decode_batch`); the decoder cache is built once for the B
 sentences in its beam layout (`DecoderCache`, `init_cache(..., hypotheses=K)`): hypothesis k of sentence b
@@ -7,8 +7,8 @@ together as K query positions. Its cross-attention part (keys/values of the enco
 all K. Its self-attention part holds, at every position, the keys/values of the K hypotheses that were
 stepped there, and a small ancestry table says which of them is each live hypothesis' history: reordering
 the beam (step g) moves only that table, never the keys and values (on a CPU, copying them for ofa_tiny's
-reports at batch 32 x beam 6, 144 MB, took ~15 of ~88 ms per step). Each loop iteration is one step t of
-spec §14.2:
+reports at batch 32 x beam 6, 144 MB, took ~15 of ~88 ms per step). Each iteration of the search loop
+(of its loops, one per cache phase: `first_cache_phase`) is one step t of spec §14.2:
 
   a. cached decoder step on the last token of every hypothesis -> log-softmax in float32 -> lp (B*K, V);
   b. t < min_len forbids EOS; NaN -> -inf; PAD forbidden; UNK -= unk_penalty;
@@ -30,7 +30,8 @@ The loop exits as soon as every sentence is finished. Finished sentences still r
 Compilation. NNX modules cannot be closed over by `lax` loops, so the model is split with `nnx.split` into a
 (hashable, static) graphdef and a state pytree, and merged back inside one `jax.jit`-ed function that holds
 the whole search. Static (one compilation each): B, K, max_len, the constraint's type and table shapes, the
-model's graphdef, and no_repeat_ngram_size only beyond NGRAM_BOUND. Traced (no recompilation): the weights,
+model's graphdef, the cache phases (`first_cache_phase`; one while loop per phase, each a compilation of
+the step), and no_repeat_ngram_size only beyond NGRAM_BOUND. Traced (no recompilation): the weights,
 the encoder output (its length S is a shape), min_len, length_penalty, unk_penalty, no_repeat_ngram_size
 <= NGRAM_BOUND and the constraint's tables.
 

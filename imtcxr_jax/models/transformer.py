@@ -290,15 +290,15 @@ class DecoderLayer(nnx.Module):
         `cross_kv` is (B, S, H, hd). With one (decoding), every key/value array is head-major, the keys
         transposed (`DecoderCache`): this step's keys/values are written into `self_kv`, keys (B, H, hd, Tmax)
         and values (B, H, Tmax, hd), at `cache_index`, the queries attend over the whole cache (the mask
-        hides the unwritten future), and `cross_kv` is keys (B, H, hd, S) and values (B, H, S, hd). Returns the new x and the self-attention keys/values (the updated
-        cache).
+        hides the unwritten future), and `cross_kv` is keys (B, H, hd, S) and values (B, H, S, hd). Returns
+        the new x and the self-attention keys/values (the updated cache).
 
         Groups (beam search): x holds g consecutive rows per row of the cache (the hypotheses of one
         sentence), whose queries attend to that row's keys together (the rows become query positions)
         instead of g tiled copies of the keys. cross_group g > 1: `cross_kv` has B / g rows. self_group
         g > 1 (one token per row, T = 1): `self_kv` holds Tmax * g positions of B / g rows, the g hypotheses'
-        keys/values of position s at s * g + 0..g-1, and `self_mask` says which of them each hypothesis may attend to
-        (`DecoderCache.ancestry`)."""
+        keys/values of position s at s * g + 0..g-1, and `self_mask` says which of them each hypothesis may
+        attend to (`DecoderCache.ancestry`)."""
         cached = self_kv is not None
         rows, length = x.shape[:2]
         y = self.self_attn_layer_norm(x)
