@@ -175,9 +175,8 @@ def test_beam_layout_steps_equal_tiled_caches_gathered_by_parent():
         scale = float(jnp.abs(tiled_logits).max())
         assert float(jnp.abs(beam_logits - tiled_logits).max()) <= 1e-5 * scale, t
         # Each hypothesis continues a random one of its sentence's (repeats and all).
-        parents = jnp.asarray(rng.integers(0, k, (sentences, k)) + np.arange(sentences)[:, None] * k).reshape(
-            -1
-        )
+        first_row = np.arange(sentences)[:, None] * k
+        parents = jnp.asarray((rng.integers(0, k, (sentences, k)) + first_row).reshape(-1))
         beam, tiled = beam.reorder_hypotheses(parents), tiled.gather(parents)
     assert beam.self_keys[0].shape == (sentences, cfg.heads, cfg.head_dim, 8 * k)
     assert beam.ancestry.shape == (sentences * k, 8) and int(beam.index) == steps
