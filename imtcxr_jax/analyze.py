@@ -14,6 +14,15 @@ is 1 if any input failed (2 for a usage error). Images larger than `image_io.MAX
 (the document still reports the original size and coordinates; the overlay is drawn at most
 `overlay.MAX_SIDE` pixels on a side).
 
+Edited evidence. A FILE ending in ``.json`` is an evidence document written by an earlier run, whose
+``findings`` (remove one, change a severity or location) and ``measurements`` (ctr, pcr) the user may have
+edited: only its report is asked again, from that evidence and with the settings the document records (the
+options below apply to images only), its ``flags`` are recomputed and it is written, with a new overlay, as
+``DIR/<name>.json`` / ``.png`` like any other input (``--out`` the document's own folder replaces it). Its
+image is read from the path the document records (``image.path``): as given, else relative to the document's
+folder, else the file of that name in the document's folder. The document's ``model`` provenance gains
+``report_regenerated_by``, the checkpoint and step that asked the report again.
+
 What is asked: by default the labels, and which of them get a location, a severity or a box, are those the
 checkpoint was trained on (read from its training data, `workflow.questions_from_records`); ``--labels``
 overrides the label list. W is a training workdir (`imtcxr train --workdir`): its newest checkpoint is used;
@@ -39,7 +48,8 @@ log = logging.getLogger(__name__)
 
 
 def cli_main(argv: list[str]) -> int:
-    """`imtcxr analyze FILE... --checkpoint W --out DIR`: evidence JSON and an overlay PNG per image."""
+    """`imtcxr analyze FILE... --checkpoint W --out DIR`: evidence JSON and an overlay PNG per image, or per
+    edited evidence document (its report asked again)."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.beam is not None and args.beam < 1):
@@ -58,6 +68,54 @@ def cli_main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"imtcxr analyze: --checkpoint {args.checkpoint}: {error}", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    inputs = _unique_inputs(args.files)
+    names = output_names(inputs)
+    images = [(path, name) for path, name in zip(inputs, names, strict=True) if not _is_document(path)]
+    documents = [(path, name) for path, name in zip(inputs, names, strict=True) if _is_document(path)]
+    options = _image_options(args, config, workflow) if images else None
+    if images and options is None:
+        return 2
+    if documents and any(getattr(args, name) is not None for name in _IMAGE_OPTIONS):
+        print(
+            "imtcxr analyze: --labels, --threshold, --review-threshold and --beam apply to images only; the "
+            "reports of evidence documents are asked again with the settings each document records",
+            file=sys.stderr,
+        )
+    provenance = {"checkpoint": str(Path(args.checkpoint).absolute()), "step": step}
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path, name in zip(inputs, names, strict=True):
+        if name != path.stem:
+            print(
+                f"imtcxr analyze: {path} -> {out / name}.json (another input has the stem {path.stem!r})",
+                file=sys.stderr,
+            )
+
+    failed = 0
+    progress = tqdm(total=len(inputs), desc="analyze", unit="file", file=sys.stderr)
+    for chunk in _chunks(images, args.batch_size):
+        failed += _analyze_chunk(chunk, model, tokenizer, options, provenance, out, args.no_overlay)
+        progress.update(len(chunk))
+    for chunk in _chunks(documents, args.batch_size):
+        failed += _regenerate_chunk(
+            chunk, model, tokenizer, args.batch_size, provenance, out, args.no_overlay
+        )
+        progress.update(len(chunk))
+    progress.close()
+    written = len(inputs) - failed
+    print(f"imtcxr analyze: {written} of {len(inputs)} inputs analysed into {out}", file=sys.stderr)
+    if failed:
+        print(f"imtcxr analyze: {failed} input(s) failed (named above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+_IMAGE_OPTIONS = ("labels", "threshold", "review_threshold", "beam")
+
+
+def _image_options(args: argparse.Namespace, config: Any, workflow: Any) -> Any | None:
+    """The `workflow.WorkflowOptions` images are analysed with: the checkpoint's config, what its training data
+    taught (`_trained_questions`) and the command line; None (after saying why) if they are not valid."""
     overrides: dict[str, Any] = _trained_questions(config, Path(args.checkpoint))
     if args.labels:
         overrides |= {"labels": tuple(label.strip() for label in args.labels.split(",") if label.strip())}
@@ -67,34 +125,10 @@ def cli_main(argv: list[str]) -> int:
     if args.beam is not None:
         overrides["beam_size"] = args.beam
     try:
-        options = workflow.WorkflowOptions.from_config(config, batch_size=args.batch_size, **overrides)
+        return workflow.WorkflowOptions.from_config(config, batch_size=args.batch_size, **overrides)
     except ValueError as error:
         print(f"imtcxr analyze: {error}", file=sys.stderr)
-        return 2
-    provenance = {"checkpoint": str(Path(args.checkpoint).absolute()), "step": step}
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    inputs = _unique_inputs(args.files)
-    names = output_names(inputs)
-    for path, name in zip(inputs, names, strict=True):
-        if name != path.stem:
-            print(
-                f"imtcxr analyze: {path} -> {out / name}.json (another input has the stem {path.stem!r})",
-                file=sys.stderr,
-            )
-
-    failed = 0
-    progress = tqdm(total=len(inputs), desc="analyze", unit="img", file=sys.stderr)
-    for chunk in _chunks(list(zip(inputs, names, strict=True)), args.batch_size):
-        failed += _analyze_chunk(chunk, model, tokenizer, options, provenance, out, args.no_overlay)
-        progress.update(len(chunk))
-    progress.close()
-    written = len(inputs) - failed
-    print(f"imtcxr analyze: {written} of {len(inputs)} images analysed into {out}", file=sys.stderr)
-    if failed:
-        print(f"imtcxr analyze: {failed} input(s) failed (named above)", file=sys.stderr)
-    return 1 if failed else 0
+        return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,7 +137,10 @@ def _parser() -> argparse.ArgumentParser:
         description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG or DICOM images")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE",
+        help="PNG, JPEG or DICOM images, or (edited) evidence documents (.json) whose reports to ask again",
+    )  # fmt: skip
     parser.add_argument(
         "--checkpoint", required=True, metavar="W",
         help="a training workdir (newest checkpoint) or a converted checkpoint (imtcxr convert)",
@@ -197,7 +234,6 @@ def _analyze_chunk(chunk, model, tokenizer, options, provenance, out: Path, no_o
     """Read, analyse and write the files of one chunk; returns how many failed (each named on stderr)."""
     from imtcxr_jax import workflow
     from imtcxr_jax.data.image_io import ImageReadError, read_image
-    from imtcxr_jax.overlay import draw_overlay
 
     failed = 0
     ready = []  # (name, pixels, prepared image)
@@ -224,16 +260,113 @@ def _analyze_chunk(chunk, model, tokenizer, options, provenance, out: Path, no_o
             _fail(prepared.path, error)
         return failed + len(ready)
     for (name, pixels, prepared), document in zip(ready, documents, strict=True):
-        try:
-            _write_atomic(
-                out / f"{name}.json", json.dumps(document, indent=2, allow_nan=False).encode() + b"\n"
-            )
-            if not no_overlay:
-                _write_png(out / f"{name}.png", draw_overlay(pixels, document))
-        except (OSError, ValueError) as error:
-            _fail(prepared.path, error)
-            failed += 1
+        failed += _write_outputs(out, name, document, pixels, no_overlay, prepared.path)
     return failed
+
+
+def _regenerate_chunk(
+    chunk, model, tokenizer, batch_size: int, provenance, out: Path, no_overlay: bool
+) -> int:
+    """Ask the reports of a chunk of (edited) evidence documents again, batched, and write the documents and
+    their overlays; returns how many failed (each named on stderr)."""
+    from imtcxr_jax import workflow
+    from imtcxr_jax.data.image_io import ImageReadError, read_image
+
+    failed = 0
+    ready = []  # (path, name, document, pixels)
+    for path, name in chunk:
+        try:
+            document = _read_document(path)
+            loaded = read_image(_document_image(path, document))
+            workflow.check_edited_document(document, loaded.pixels)
+        except (ImageReadError, ValueError) as error:
+            _fail(path, error)
+            failed += 1
+            continue
+        ready.append((path, name, document, loaded.pixels))
+    if not ready:
+        return failed
+    try:
+        documents = workflow.regenerate_reports(
+            model, tokenizer, [item[2] for item in ready], [item[3] for item in ready], batch_size=batch_size
+        )
+    except Exception as error:  # a failure of the model run must not end the other chunks
+        log.debug("report regeneration failed", exc_info=True)
+        for path, *_ in ready:
+            _fail(path, error)
+        return failed + len(ready)
+    for (path, name, _, pixels), document in zip(ready, documents, strict=True):
+        evidence_from = document.get("model") if isinstance(document.get("model"), dict) else {}
+        if {k: evidence_from.get(k) for k in provenance} != provenance:
+            tqdm.write(
+                f"imtcxr analyze: {path}: its evidence came from {evidence_from.get('checkpoint')} (step "
+                f"{evidence_from.get('step')}); the report is asked of {provenance['checkpoint']} (step "
+                f"{provenance['step']})",
+                file=sys.stderr,
+            )
+        document["model"] = {**evidence_from, "report_regenerated_by": dict(provenance)}
+        failed += _write_outputs(out, name, document, pixels, no_overlay, path)
+    return failed
+
+
+def _write_outputs(out: Path, name: str, document: dict, pixels, no_overlay: bool, source: Any) -> int:
+    """Write DIR/<name>.json and (unless no_overlay) DIR/<name>.png; 1 if that failed (named on stderr)."""
+    from imtcxr_jax.overlay import draw_overlay
+
+    try:
+        _write_atomic(out / f"{name}.json", json.dumps(document, indent=2, allow_nan=False).encode() + b"\n")
+        if not no_overlay:
+            _write_png(out / f"{name}.png", draw_overlay(pixels, document))
+    except (OSError, ValueError) as error:
+        _fail(source, error)
+        return 1
+    return 0
+
+
+def _is_document(path: Path) -> bool:
+    return path.suffix.lower() == ".json"
+
+
+def _read_document(path: Path) -> dict:
+    """The evidence document in `path`: a JSON object with a schema_version (the rest is checked by
+    `workflow.check_edited_document`)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read as text: {error}") from error
+    if not text.strip():
+        raise ValueError(
+            f"{path}: empty file, expected an evidence document (JSON) written by imtcxr analyze"
+        )
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: not JSON ({error}); expected an evidence document of imtcxr analyze"
+        ) from None
+    if not isinstance(document, dict) or "schema_version" not in document:
+        what = "an object without schema_version" if isinstance(document, dict) else type(document).__name__
+        raise ValueError(
+            f"{path}: expected a JSON object, an evidence document of imtcxr analyze; got {what}"
+        )
+    return document
+
+
+def _document_image(path: Path, document: dict) -> Path:
+    """The image a document was made from: its ``image.path`` as given, else relative to the document's
+    folder, else the file of that name in the document's folder."""
+    image = document.get("image")
+    recorded = image.get("path") if isinstance(image, dict) else None
+    if not isinstance(recorded, str) or not recorded:
+        raise ValueError(f"{path}: names no image (image.path), so its report cannot be asked again")
+    given = Path(recorded)
+    candidates = [given] if given.is_absolute() else [given, path.parent / given]
+    candidates = list(dict.fromkeys([*candidates, path.parent / given.name]))
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if found is None:
+        looked = ", ".join(str(candidate) for candidate in candidates)
+        raise ValueError(f"{path}: its image {recorded} is not found (looked for {looked})")
+    return found
 
 
 def _fail(path: Any, error: BaseException) -> None:

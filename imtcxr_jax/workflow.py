@@ -85,8 +85,10 @@ Flag kinds:
 * ``consistency_not_checked``: no labeler was available to read the report.
 
 Editing. A user may edit ``findings`` (remove one, change a severity or location) and ``measurements``
-(ctr, pcr) of a document; `regenerate_report` then asks the report question again from the edited evidence,
-replaces the report question and ``report``, and recomputes ``flags``. Nothing else is asked again.
+(ctr, pcr) of a document; `regenerate_reports` (or `regenerate_report` for one) then asks the report question
+again from the edited evidence, replaces the report question and ``report``, and recomputes ``flags``. Nothing
+else is asked again. `check_edited_document` says what is wrong with an edit before the model runs. From the
+command line: ``imtcxr analyze DOCUMENT.json ...`` (`imtcxr_jax.analyze`).
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ class WorkflowOptions:
         return chosen is None or label in chosen
 
     def settings(self) -> dict[str, Any]:
-        """The document's ``settings``: what `regenerate_report` needs to ask again exactly as before."""
+        """The document's ``settings``: what `regenerate_reports` needs to ask again exactly as before."""
         names = (
             "threshold",
             "review_threshold",
@@ -400,43 +402,118 @@ def regenerate_report(
     batch_size: int = 1,
     bucket_batches: bool = True,
 ) -> dict[str, Any]:
-    """A copy of `document` whose report is asked again from its (edited) ``findings`` and ``measurements``.
+    """A copy of `document` whose report is asked again from its (edited) ``findings`` and ``measurements``:
+    `regenerate_reports` of one document."""
+    return regenerate_reports(
+        model, tokenizer, [document], [image], labeler=labeler, check_report=check_report,
+        batch_size=batch_size, bucket_batches=bucket_batches,
+    )[0]  # fmt: skip
+
+
+def regenerate_reports(
+    model: IMTCXR,
+    tokenizer: Tokenizer,
+    documents: Sequence[Mapping[str, Any]],
+    images: Sequence[np.ndarray | PreparedImage],
+    *,
+    labeler: Any | None = None,
+    check_report: bool = True,
+    batch_size: int = 16,
+    bucket_batches: bool = True,
+) -> list[dict[str, Any]]:
+    """Copies of `documents` whose reports are asked again from their (edited) ``findings`` and
+    ``measurements``, the report questions of all of them batched (of documents with equal ``settings``).
 
     Only the report question is asked: every other question, the findings, segmentation and measurements are
-    kept as they are; the report question entry and ``report`` are replaced and ``flags`` recomputed.
-    `image` is the original image's uint8 pixels, or a scaled copy of them (`LoadedImage.pixels` of a large
-    image), or its `PreparedImage`. Raises
-    ValueError for a document of another schema version, an image of another size, or edited evidence that
-    is not valid (an unknown label, location or severity, a repeated label, a negative CTR), naming it.
-    batch_size / bucket_batches: as in `WorkflowOptions` (the shape the report question runs in).
+    kept as they are; the report question entry and ``report`` are replaced and ``flags`` recomputed. Each
+    document's report is asked with the settings it records (beam size, lengths, canvas), so that an unedited
+    document gets its report again. `images[k]` is document k's original image as uint8 pixels, or a scaled
+    copy of them (`LoadedImage.pixels` of a large image), or its `PreparedImage`. Raises ValueError for any
+    document that `check_edited_document` refuses, naming the document's index and the problem.
+    batch_size / bucket_batches: as in `WorkflowOptions` (the shape the report questions run in).
     """
-    if document.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"document: schema_version {document.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+    if len(documents) != len(images):
+        raise ValueError(f"regenerate_reports: {len(documents)} documents but {len(images)} images")
+    checked = []
+    for index, (document, image) in enumerate(zip(documents, images, strict=True)):
+        try:
+            checked.append(_checked_edit(document, image, batch_size, bucket_batches))
+        except ValueError as error:
+            raise ValueError(f"document{f' {index}' if len(documents) > 1 else ''}: {error}") from error
+    groups: dict[WorkflowOptions, list[int]] = {}
+    for index, (_, options, _) in enumerate(checked):
+        groups.setdefault(options, []).append(index)
+    for options, indices in groups.items():
+        asker = _Asker(model, tokenizer, [checked[i][2] for i in indices], options)
+        _ask_reports(
+            asker, _Plan(model, tokenizer, options), [checked[i][0] for i in indices], range(len(indices))
         )
-    settings = document["settings"]
-    options = WorkflowOptions(
-        **{k: v for k, v in settings.items() if k != "labels"},
-        labels=tuple(settings["labels"]),
-        batch_size=batch_size,
-        bucket_batches=bucket_batches,
-    )
+    labeler = _labeler(labeler) if check_report else None
+    for edited, _, _ in checked:
+        edited["flags"] = document_flags(edited, labeler, check_report=check_report)
+    return [edited for edited, _, _ in checked]
+
+
+def check_edited_document(document: Any, image: np.ndarray | PreparedImage) -> None:
+    """Whether `regenerate_reports` can ask `document`'s report again with `image`: ValueError naming what is
+    wrong (not an evidence document of this schema version, settings or evidence that are not valid, an
+    image of another size), without running the model."""
+    try:
+        _checked_edit(document, image, batch_size=1, bucket_batches=True)
+    except ValueError as error:
+        raise ValueError(f"document: {error}") from error
+
+
+def _checked_edit(
+    document: Any, image: np.ndarray | PreparedImage, batch_size: int, bucket_batches: bool
+) -> tuple[dict[str, Any], WorkflowOptions, PreparedImage]:
+    """(a validated deep copy of `document`, the options its report is asked with, its prepared image)."""
+    if not isinstance(document, Mapping):
+        raise ValueError(f"expected a JSON object, got {type(document).__name__}")
+    if document.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"schema_version {document.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    for key, kind in (("image", dict), ("settings", dict), ("questions", list)):
+        if not isinstance(document.get(key), kind):
+            raise ValueError(f"{key} must be a JSON {'object' if kind is dict else 'array'}")
+    for index, question in enumerate(document["questions"]):
+        if not (
+            isinstance(question, dict)
+            and all(isinstance(question.get(key), str) for key in ("task", "subject"))
+            and "parsed" in question
+            and isinstance(question.get("error"), str | None)
+        ):
+            raise ValueError(f"questions[{index}]: expected an object with task, subject, parsed and error")
+    settings = dict(document["settings"])
+    known = set(WorkflowOptions().settings())
+    if set(settings) != known:
+        missing, unknown = sorted(known - set(settings)), sorted(set(settings) - known)
+        problems = [f"lacks {missing}"] * bool(missing) + [f"has unknown {unknown}"] * bool(unknown)
+        raise ValueError(f"settings {' and '.join(problems)}")
+    if not isinstance(settings["labels"], list) or not all(isinstance(x, str) for x in settings["labels"]):
+        raise ValueError("settings.labels must be a list of strings")
+    try:
+        options = WorkflowOptions(
+            **{k: v for k, v in settings.items() if k != "labels"},
+            labels=tuple(settings["labels"]),
+            batch_size=batch_size,
+            bucket_batches=bucket_batches,
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"settings: {error}") from error
+    width, height = (document["image"].get(key) for key in ("width", "height"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        raise ValueError(f"image.width/height must be positive integers, got {width!r}/{height!r}")
     path = document["image"].get("path")
-    expected = (document["image"]["width"], document["image"]["height"])
-    prepared = image if isinstance(image, PreparedImage) else prepare_image(image, options, path, expected)
-    if (prepared.width, prepared.height) != expected:
+    prepared = (
+        image if isinstance(image, PreparedImage) else prepare_image(image, options, path, (width, height))
+    )
+    if (prepared.width, prepared.height) != (width, height):
         raise ValueError(
-            f"image: got {prepared.width}x{prepared.height} pixels, the document is of a "
-            f"{expected[0]}x{expected[1]} image"
+            f"image: got {prepared.width}x{prepared.height} pixels, the document is of a {width}x{height} image"
         )
     edited = copy.deepcopy(dict(document))
     _check_evidence(edited, options)
-    plan = _Plan(model, tokenizer, options)
-    asker = _Asker(model, tokenizer, [prepared], options)
-    _ask_reports(asker, plan, [edited], [0])
-    labeler = _labeler(labeler) if check_report else None
-    edited["flags"] = document_flags(edited, labeler, check_report=check_report)
-    return edited
+    return edited, options, prepared
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -809,16 +886,31 @@ def _check_evidence(document: dict[str, Any], options: WorkflowOptions) -> None:
     """Validate and normalise edited ``findings`` / ``measurements`` in place (ValueError naming the value)."""
     findings = document.get("findings")
     if not isinstance(findings, list) or not all(isinstance(f, dict) and "label" in f for f in findings):
-        raise ValueError("document: findings must be a list of objects with a 'label'")
+        raise ValueError("findings must be a list of objects with a 'label'")
     for finding in findings:
         for key in ("severity", "location", "box", "confidence"):
             finding.setdefault(key, None)
+        confidence, box = finding["confidence"], finding["box"]
+        if confidence is not None and not _is_number(confidence):
+            raise ValueError(
+                f"findings: {finding['label']!r} has confidence {confidence!r}, expected a number or null"
+            )
+        if box is not None and not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))):
+            raise ValueError(
+                f"findings: {finding['label']!r} has box {box!r}, expected [x0, y0, x1, y1] or null"
+            )
     measurements = document.setdefault("measurements", {})
+    if not isinstance(measurements, dict):
+        raise ValueError(f"measurements must be a JSON object, got {type(measurements).__name__}")
     for name in ("ctr", "pcr"):
         value = measurements.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ValueError(f"document: measurements.{name} must be a number or null, got {value!r}")
+        if value is not None and not _is_number(value):
+            raise ValueError(f"measurements.{name} must be a number or null, got {value!r}")
     _evidence(document, options)  # raises for unknown labels, locations, severities or bad numbers
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _evidence(document: Mapping[str, Any], options: WorkflowOptions, *, attributes: bool = True) -> str:

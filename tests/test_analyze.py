@@ -112,6 +112,91 @@ def test_analyze_writes_json_and_png_per_readable_file_and_names_the_bad_ones(
             assert picture.size[0] / picture.size[1] == pytest.approx(width / height, rel=0.01)
 
 
+def test_analyze_asks_only_the_report_of_an_edited_document_again(
+    workdir, inputs, tmp_path, capsys, fixed_batches, monkeypatch
+):
+    """Analyse an image, edit its document, give the document back: only the report is asked, from the edited
+    evidence; the image is found beside a moved document; bad documents are named, the others still run."""
+    from imtcxr_jax import workflow
+    from imtcxr_jax.tasks.common import Task
+
+    out = tmp_path / "out"
+    common = ["--checkpoint", str(workdir), "--batch-size", "4"]
+    options = ["--beam", "1", "--threshold", "0", "--labels", ",".join(FINDING_LABELS)]
+    assert imtcxr_main(["analyze", str(inputs["y.jpg"]), "--out", str(out), *common, *options]) == 0
+    original = json.loads((out / "y.json").read_text())
+    edited = json.loads((out / "y.json").read_text())
+    edited["findings"] = [f for f in edited["findings"] if f["label"] == "pneumothorax"]
+    edited["findings"][0] |= {"severity": "severe", "location": "left apical"}
+    edited["measurements"]["ctr"] = 0.58
+    (out / "y.json").write_text(json.dumps(edited))
+    moved = tmp_path / "moved"  # a copy of the document beside a copy of its image, its path not valid here
+    moved.mkdir()
+    (moved / "y.jpg").write_bytes(inputs["y.jpg"].read_bytes())
+    # ... and from another step of the checkpoint, as far as it says.
+    z = {
+        **edited,
+        "image": {**edited["image"], "path": "gone/y.jpg"},
+        "model": {**edited["model"], "step": 7},
+    }
+    (moved / "z.json").write_text(json.dumps(z))
+    bad = {
+        "empty.json": "",
+        "text.json": "findings: none",
+        "list.json": "[]",
+        "lost.json": json.dumps({**edited, "image": {**edited["image"], "path": "nowhere.png"}}),
+        "gigantic.json": json.dumps(
+            {**edited, "findings": [{"label": "pneumothorax", "severity": "gigantic"}]}
+        ),
+    }
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+
+    asked = []
+    real_ask, real_yes_no = workflow._Asker.ask, workflow._Asker.ask_yes_no
+    monkeypatch.setattr(
+        workflow._Asker, "ask", lambda self, qs, d: asked.extend(q.task for q in qs) or real_ask(self, qs, d)
+    )
+    monkeypatch.setattr(
+        workflow._Asker,
+        "ask_yes_no",
+        lambda self, qs, ids: asked.extend(q.task for q in qs) or real_yes_no(self, qs, ids),
+    )
+    files = [str(out / "y.json"), str(moved / "z.json"), *(str(tmp_path / name) for name in bad)]
+    code = imtcxr_main(["analyze", *files, "--out", str(out), *common, "--beam", "3"])
+    stderr = capsys.readouterr().err
+
+    assert code == 1 and "5 input(s) failed" in stderr
+    assert asked == [Task.REPORT, Task.REPORT]  # one batch of the two good documents' report questions
+    assert "apply to images only" in stderr  # --beam 3 is not used for documents
+    assert f"{moved / 'z.json'}: its evidence came from {workdir.absolute()} (step 7)" in stderr
+    for name, reason in [
+        ("empty.json", "empty file"),
+        ("text.json", "not JSON"),
+        ("list.json", "expected a JSON object"),
+        ("lost.json", "nowhere.png is not found"),
+        ("gigantic.json", "gigantic"),
+    ]:
+        assert reason in next(line for line in stderr.splitlines() if str(tmp_path / name) in line), name
+    for name in ("y", "z"):
+        document = json.loads((out / f"{name}.json").read_text())
+        assert (out / f"{name}.png").is_file()
+        for key in ("image", "settings", "findings", "segmentation"):
+            assert document[key] == (edited if name == "y" else z)[key]
+        assert document["measurements"]["ctr"] == 0.58
+        assert [q for q in document["questions"] if q["task"] != "report"] == original["questions"][:-1]
+        prompt = document["questions"][-1]["instruction"]
+        assert (
+            "severe" in prompt
+            and "left apical" in prompt
+            and prompt != original["questions"][-1]["instruction"]
+        )
+        assert document["settings"]["beam_size"] == 1
+        provenance = {"checkpoint": str(workdir.absolute()), "step": 0}
+        evidence = provenance | {"step": 0 if name == "y" else 7}
+        assert document["model"] == evidence | {"report_regenerated_by": provenance}
+
+
 def test_analyze_usage_errors(tmp_path, inputs, capsys):
     assert (
         cli_main([str(inputs["y.jpg"]), "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path)])

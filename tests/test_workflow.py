@@ -495,3 +495,54 @@ def test_questions_from_records_asks_what_was_trained():
         "graded": ("cardiomegaly",),
         "boxed": ("cardiomegaly",),
     }
+
+
+def test_regenerate_reports_batches_documents_as_one_by_one(run, trained):
+    """Two edited documents in one call: the same reports and flags as asking each alone (the same batch shape),
+    and a bad document among them is named by its index before the model runs."""
+    model, tokenizer, _ = trained
+    _, pixels, _, documents = run
+    edited = [copy.deepcopy(document) for document in documents]
+    for document in edited:
+        document["findings"] = document["findings"][:1]
+    alone = [
+        workflow.regenerate_report(model, tokenizer, d, p, batch_size=4, bucket_batches=False)
+        for d, p in zip(edited, pixels, strict=True)
+    ]
+    together = workflow.regenerate_reports(
+        model, tokenizer, edited, list(pixels), batch_size=4, bucket_batches=False
+    )
+    assert together == alone
+    assert [d["questions"][-1]["instruction"] for d in together] != [
+        d["questions"][-1]["instruction"] for d in documents
+    ]  # the edit reached the prompts
+
+    broken = copy.deepcopy(edited[1])
+    broken["findings"][0]["box"] = [1, 2, 3]
+    with pytest.raises(ValueError, match=r"document 1: findings: .* box \[1, 2, 3\]"):
+        workflow.regenerate_reports(model, tokenizer, [edited[0], broken], list(pixels))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda d: d["settings"].update(beam=d["settings"].pop("beam_size")),
+            r"settings lacks \['beam_size'\] and has unknown \['beam'\]",
+        ),
+        (lambda d: d["settings"].update(beam_size=0), "settings: beam_size"),
+        (lambda d: d.update(questions={}), "questions must be a JSON array"),
+        (lambda d: d["questions"][0].pop("task"), r"questions\[0\]"),
+        (lambda d: d["findings"][0].update(confidence="high"), "confidence 'high'"),
+        (lambda d: d["measurements"].update(ctr=True), "measurements.ctr"),
+        (lambda d: d.update(measurements=[]), "measurements must be a JSON object"),
+        (lambda d: d["image"].update(width=-80), "image.width/height"),
+    ],
+)
+def test_check_edited_document_names_what_is_wrong(run, edit, message):
+    _, pixels, _, documents = run
+    document = copy.deepcopy(documents[0])
+    workflow.check_edited_document(document, pixels[0])  # as written: fine
+    edit(document)
+    with pytest.raises(ValueError, match=f"^document: .*{message}"):
+        workflow.check_edited_document(document, pixels[0])
