@@ -498,22 +498,28 @@ def test_questions_from_records_asks_what_was_trained():
 
 
 def test_regenerate_reports_batches_documents_as_one_by_one(run, trained):
-    """Two edited documents in one call: the same reports and flags as asking each alone (the same batch shape),
-    and a bad document among them is named by its index before the model runs."""
+    """Three edited documents in one call, the third with other settings (its own batch): the same reports and
+    flags as asking each alone (the same batch shape), and a bad document among them is named by its index
+    before the model runs."""
     model, tokenizer, _ = trained
     _, pixels, _, documents = run
-    edited = [copy.deepcopy(document) for document in documents]
+    edited = [copy.deepcopy(document) for document in [*documents, documents[0]]]
     for document in edited:
         document["findings"] = document["findings"][:1]
+    edited[2]["settings"]["max_report_len"] = 6
+    images = [*pixels, pixels[0]]
     alone = [
         workflow.regenerate_report(model, tokenizer, d, p, batch_size=4, bucket_batches=False)
-        for d, p in zip(edited, pixels, strict=True)
+        for d, p in zip(edited, images, strict=True)
     ]
     together = workflow.regenerate_reports(
-        model, tokenizer, edited, list(pixels), batch_size=4, bucket_batches=False
+        model, tokenizer, edited, images, batch_size=4, bucket_batches=False
     )
     assert together == alone
-    assert [d["questions"][-1]["instruction"] for d in together] != [
+    assert (
+        together[2]["questions"][-1]["answer"] != together[0]["questions"][-1]["answer"]
+    )  # 6 tokens at most
+    assert [d["questions"][-1]["instruction"] for d in together[:2]] != [
         d["questions"][-1]["instruction"] for d in documents
     ]  # the edit reached the prompts
 
