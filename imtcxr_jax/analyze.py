@@ -148,15 +148,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bpe-dir", metavar="BPE", help="OFA BPE folder, overriding the checkpoint's record")
     parser.add_argument("--out", required=True, metavar="DIR", help="where <name>.json and <name>.png go")
     parser.add_argument(
-        "--batch-size", type=int, default=16, help="images per chunk and questions per model call (16)"
+        "--batch-size", type=int, default=16, help="files per chunk and questions per model call (16)"
     )
     parser.add_argument(
-        "--beam", type=int, default=None, metavar="K", help="beam size (default: the config's)"
+        "--beam", type=int, default=None, metavar="K", help="beam size (default: the config's); images only"
     )
-    parser.add_argument("--labels", help="comma-separated labels to ask about (default: those trained on)")
-    parser.add_argument("--threshold", type=float, help="P(yes) from which a label is a finding (0.5)")
     parser.add_argument(
-        "--review-threshold", type=float, help="flag findings less confident than this (0.75)"
+        "--labels", help="comma-separated labels to ask about (default: those trained on); images only"
+    )
+    parser.add_argument(
+        "--threshold", type=float, help="P(yes) from which a label is a finding (0.5); images only"
+    )
+    parser.add_argument(
+        "--review-threshold", type=float, help="flag findings less confident than this (0.75); images only"
     )
     parser.add_argument("--no-overlay", action="store_true", help="write the JSON documents only")
     return parser
