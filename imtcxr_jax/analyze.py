@@ -277,29 +277,29 @@ def _regenerate_chunk(
     from imtcxr_jax.data.image_io import ImageReadError, read_image
 
     failed = 0
-    ready = []  # (path, name, document, pixels)
+    ready = []  # (path, name, document, pixels, prepared image)
     for path, name in chunk:
         try:
             document = _read_document(path)
             loaded = read_image(_document_image(path, document))
-            workflow.check_edited_document(document, loaded.pixels)
+            prepared = workflow.check_edited_document(document, loaded.pixels)
         except (ImageReadError, ValueError) as error:
             _fail(path, error)
             failed += 1
             continue
-        ready.append((path, name, document, loaded.pixels))
+        ready.append((path, name, document, loaded.pixels, prepared))
     if not ready:
         return failed
     try:
         documents = workflow.regenerate_reports(
-            model, tokenizer, [item[2] for item in ready], [item[3] for item in ready], batch_size=batch_size
+            model, tokenizer, [item[2] for item in ready], [item[4] for item in ready], batch_size=batch_size
         )
     except Exception as error:  # a failure of the model run must not end the other chunks
         log.debug("report regeneration failed", exc_info=True)
         for path, *_ in ready:
             _fail(path, error)
         return failed + len(ready)
-    for (path, name, _, pixels), document in zip(ready, documents, strict=True):
+    for (path, name, _, pixels, _), document in zip(ready, documents, strict=True):
         evidence_from = document.get("model") if isinstance(document.get("model"), dict) else {}
         if {k: evidence_from.get(k) for k in provenance} != provenance:
             tqdm.write(

@@ -454,12 +454,13 @@ def regenerate_reports(
     return [edited for edited, _, _ in checked]
 
 
-def check_edited_document(document: Any, image: np.ndarray | PreparedImage) -> None:
+def check_edited_document(document: Any, image: np.ndarray | PreparedImage) -> PreparedImage:
     """Whether `regenerate_reports` can ask `document`'s report again with `image`: ValueError naming what is
     wrong (not an evidence document of this schema version, settings or evidence that are not valid, an
-    image of another size), without running the model."""
+    image of another size), without running the model. Returns the image on the document's canvas, to give
+    `regenerate_reports` instead of `image` (it is then not prepared again)."""
     try:
-        _checked_edit(document, image, batch_size=1, bucket_batches=True)
+        return _checked_edit(document, image, batch_size=1, bucket_batches=True)[2]
     except ValueError as error:
         raise ValueError(f"document: {error}") from error
 
