@@ -69,6 +69,9 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     if args.command == "phantom-sheet":
         return _sheet_command(args)
     if args.command == "build":
+        if getattr(args, "build_unavailable", None):
+            print(args.build_unavailable, file=sys.stderr)
+            return 1
         from imtcxr_jax.data.tfds.cli import build_command
 
         return build_command(args)
@@ -125,9 +128,19 @@ def _parser() -> argparse.ArgumentParser:
     sheet.add_argument(
         "--random", type=_positive_int, metavar="N", help="N sampled studies instead of one per finding"
     )
-    from imtcxr_jax.data.tfds.cli import add_parser as add_build_parser
-
-    add_build_parser(commands)  # build NAME --manual-dir DIR --out DIR: real datasets (data/tfds)
+    try:
+        from imtcxr_jax.data.tfds.cli import add_parser as add_build_parser
+    except ModuleNotFoundError as error:  # only `build` needs TFDS: phantoms work without it
+        if (error.name or "").startswith("imtcxr_jax"):
+            raise
+        unavailable = commands.add_parser("build", help=f"build a real dataset (needs {error.name})")
+        unavailable.add_argument("arguments", nargs=argparse.REMAINDER)
+        unavailable.set_defaults(
+            build_unavailable=f"imtcxr data build: needs the package {error.name!r}, which is not installed "
+            "(pip install -r requirements.txt)"
+        )
+    else:
+        add_build_parser(commands)  # build NAME --manual-dir DIR --out DIR: real datasets (data/tfds)
     return parser
 
 

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 
@@ -43,3 +44,15 @@ def test_records_feed_only_their_families(tmp_path):
     assert (
         supported_examples(enumerate_examples(segmentation_only, "classification"), segmentation_only) == []
     )
+
+
+def test_phantoms_need_no_tfds_and_build_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    # As on a machine without tensorflow-datasets: every module of data/tfds is imported afresh and fails.
+    for name in [m for m in sys.modules if m.startswith("imtcxr_jax.data.tfds")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    out = tmp_path / "phantoms"
+    assert cli_main(["phantom", "--n", "1", "--size", "64", "--workers", "1", "--out", str(out)]) == 0
+    assert (out / "manifest.jsonl").is_file()
+    assert cli_main(["build", "mimic_cxr", "--manual-dir", str(tmp_path), "--out", str(tmp_path)]) == 1
+    assert "needs the package 'tensorflow_datasets', which is not installed" in capsys.readouterr().err
