@@ -39,11 +39,12 @@ RUN_BENCH=1
 BUDGET=540
 OUT_DIR="${OUT:-gpu_check_out}"
 WHEEL_PYTHON=3.12  # the python of the lent GPU machines' image
-# What that image lacks of requirements.txt (and grain's own needs); tensorflow-datasets is left out: only
-# `imtcxr data build` needs it. The GPU image's jax, flax, optax, orbax, numpy, pillow, tokenizers and torch
-# are used as they are.
+# What that image lacks of requirements.txt (and grain's own needs), and optax, orbax-checkpoint and flax at
+# the versions the dry run passed with under the image's jax (0.11.2; the pinned flax 0.12.8 does not import
+# under it). tensorflow-datasets is left out: only `imtcxr data build` needs it. The image's jax, numpy,
+# pillow, tokenizers and torch are used as they are.
 GPU_WHEELS=(grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0 tensorboardX==2.6.5
-            pydicom==3.0.2 importlib_resources==7.1.0)
+            pydicom==3.0.2 importlib_resources==7.1.0 optax==0.2.8 orbax-checkpoint==0.12.8 flax==0.12.12)
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
@@ -144,7 +145,7 @@ fi
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git rev-parse HEAD 2> /dev/null || echo unknown)"
   command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi
-  "$PY" -c "import sys, jax, jaxlib; print('python', sys.version.split()[0]); print('jax', jax.__version__, 'jaxlib', jaxlib.__version__); print('backend', jax.default_backend()); print('devices', jax.devices())"
+  "$PY" -c "import sys, jax, jaxlib; print('python', sys.version.split()[0]); print('jax', jax.__version__, 'jaxlib', jaxlib.__version__); import flax, optax, orbax.checkpoint as oc; print('flax', flax.__version__, 'optax', optax.__version__, 'orbax-checkpoint', oc.__version__, flax.__file__); print('backend', jax.default_backend()); print('devices', jax.devices())"
 } > "$OUT_DIR/env.txt" 2>&1 || FAILED+=("env")
 log "environment written to $OUT_DIR/env.txt"
 
