@@ -434,9 +434,11 @@ def _search(
 
 def cache_phases(positions: int, first: int) -> list[int]:
     """The search's cache lengths: `first`, doubled until `positions` (the last one) is reached; one phase
-    of `positions` when `first` is 0 or not shorter."""
+    of `positions` when `first` is 0 or not shorter. A phase that would leave fewer than half its length to
+    the last one is merged into it (129 positions: 32, 64, 129, not 32, 64, 128, 129): each phase is one more
+    compilation of the step, not worth a few steps over a slightly shorter cache."""
     lengths = []
-    while 0 < first < positions:
+    while first > 0 and positions - first >= first / 2:
         lengths.append(first)
         first *= 2
     return [*lengths, positions]
