@@ -416,9 +416,8 @@ def test_cache_phases_double_up_to_the_positions_and_start_with_large_caches_onl
     assert cache_phases(201, 32) == [32, 64, 128, 201]
     assert cache_phases(13, 4) == [4, 8, 13]
     assert cache_phases(32, 32) == [32] and cache_phases(5, 8) == [5]
-    assert cache_phases(129, 32) == [32, 64, 129] and cache_phases(33, 32) == [
-        33
-    ]  # no phase of a step or two
+    assert cache_phases(129, 32) == [32, 64, 129]  # no phase of a step or two
+    assert cache_phases(33, 32) == [33]
     assert cache_phases(48, 32) == [32, 48] and cache_phases(47, 32) == [47]
     assert cache_phases(13, 0) == [13]
     model = random_model("micro")
