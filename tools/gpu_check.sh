@@ -7,11 +7,11 @@
 #
 # What it does (each step's output goes under $OUT, default ./gpu_check_out; a step that fails is recorded
 # and the next one still runs; the exit status is non-zero if any step failed or was cut by the budget):
-#   1. environment: nvidia-smi, python, jax/jaxlib versions, the devices JAX sees  -> env.txt
-#   2. packages: where the python lacks this project's pure-Python or small dependencies (grain,
+#   1. packages: where the python lacks this project's pure-Python or small dependencies (grain,
 #      ml-collections, pydicom, ...), the wheels carried in .whl/ (made by --fetch-wheels on a machine with
 #      the package index, for Python $WHEEL_PYTHON) are installed into a temporary folder put on PYTHONPATH;
 #      the repository itself goes on PYTHONPATH too, so nothing needs installing into the python.
+#   2. environment: nvidia-smi, python, jax/jaxlib/flax versions, the devices JAX sees  -> env.txt
 #      jax[cuda12] when JAX does not see a GPU: installed with pip for the jax version already there, from
 #      $WHEELHOUSE (offline: pip install --no-index --find-links) if set, else from the package index.
 #      Without network and without a wheelhouse it stops with a message saying so (exit 2).
@@ -91,7 +91,7 @@ budgeted() {
   timeout "$left" "$@"
 }
 
-# ---- 2a. packages the python lacks: the carried wheels ---------------------------------------------------
+# ---- 1. packages the python lacks: the carried wheels ----------------------------------------------------
 IMPORTS="import flax, optax, grain, ml_collections, tokenizers, PIL, pydicom, tqdm, tensorboardX, importlib_resources"
 if ! "$PY" -c "$IMPORTS" > /dev/null 2>&1; then
   if ls .whl/*.whl > /dev/null 2>&1; then
@@ -99,8 +99,7 @@ if ! "$PY" -c "$IMPORTS" > /dev/null 2>&1; then
     log "installing the carried wheels (.whl/) into $SITE"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl \
       > "$OUT_DIR/wheels.txt" 2>&1 || FAILED+=("wheels")
-    export PYTHONPATH="$PYTHONPATH:$SITE"  # after the python's own packages' versions? no: before them
-    export PYTHONPATH="$ROOT:$SITE"
+    export PYTHONPATH="$PYTHONPATH:$SITE"  # ahead of the python's own site-packages
   fi
   if ! "$PY" -c "$IMPORTS" > "$OUT_DIR/imports.txt" 2>&1; then
     log "$PY lacks packages ($(tail -n 1 "$OUT_DIR/imports.txt")): run tools/gpu_check.sh --fetch-wheels" \
@@ -109,7 +108,7 @@ if ! "$PY" -c "$IMPORTS" > /dev/null 2>&1; then
   fi
 fi
 
-# ---- 1-2. environment and jax[cuda12] -------------------------------------------------------------------
+# ---- 2. environment and jax[cuda12] ---------------------------------------------------------------------
 if [ "$DRY_RUN" = 1 ]; then
   export JAX_PLATFORMS=cpu
   log "dry run: CPU, micro model, tiny workload; jax[cuda12] is not installed"
