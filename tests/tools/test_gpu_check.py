@@ -36,3 +36,9 @@ def test_a_step_without_budget_is_skipped_and_fails_the_run(tmp_path):
 def test_unknown_option_is_refused(tmp_path):
     result = _run(tmp_path, "--fast")
     assert result.returncode == 64 and "unknown option --fast" in result.stderr
+
+
+def test_help_is_the_header_comment(tmp_path):
+    result = _run(tmp_path, "--help")
+    assert result.returncode == 0 and "--fetch-wheels" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("#") and "set -" not in result.stdout
