@@ -9,8 +9,8 @@
 # and the next one still runs; the exit status is non-zero if any step failed or was cut by the budget):
 #   1. packages: where the python lacks this project's pure-Python or small dependencies (grain,
 #      ml-collections, pydicom, ...), the wheels carried in .whl/ (made by --fetch-wheels on a machine with
-#      the package index, for Python $WHEEL_PYTHON) are installed into a temporary folder put on PYTHONPATH;
-#      the repository itself goes on PYTHONPATH too, so nothing needs installing into the python.
+#      the package index, for Python 3.12: WHEEL_PYTHON below) are installed into a temporary folder put on
+#      PYTHONPATH; the repository itself goes on PYTHONPATH too, so nothing needs installing into the python.
 #   2. environment: nvidia-smi, python, jax/jaxlib/flax versions, the devices JAX sees  -> env.txt
 #      jax[cuda12] when JAX does not see a GPU: installed with pip for the jax version already there, from
 #      $WHEELHOUSE (offline: pip install --no-index --find-links) if set, else from the package index.
